@@ -1,0 +1,54 @@
+"""Parameter counts, gate overhead, per-layer shapes and FLOPs per token of a config.
+
+Built on the meta device, so the paper-size presets cost no memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..modeling.stats import model_stats
+from .common import add_config_args, config_from_args
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    add_config_args(p)
+    p.add_argument("--seq-len", type=int, default=None, help="context for attention FLOPs (default: data.seq_len)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _fmt(n: float) -> str:
+    for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    stats = model_stats(cfg.model, args.seq_len or cfg.data.seq_len)
+    g = cfg.model.attention.gate
+    stats["gate"] = {k: getattr(g, k) for k in ("position", "granularity", "shared_across_heads", "combine",
+                                                "activation", "input_dependent")}
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    m = cfg.model
+    print(f"model: {m.num_layers} layers, d_model {m.d_model}, heads {m.attention.num_heads}/"
+          f"{m.attention.num_kv_heads} (q/kv) x {m.attention.head_dim}, vocab {m.vocab_size}"
+          + (f", MoE {m.moe.num_experts} experts top-{m.moe.top_k}" if m.moe.num_experts else f", FFN {m.ffn_dim}"))
+    print("gate: " + ", ".join(f"{k}={v}" for k, v in stats["gate"].items()))
+    rows = [("total parameters", stats["total_params"]), ("active parameters", stats["active_params"]),
+            ("embedding parameters", stats["embedding_params"]),
+            ("gate-added parameters", stats["gate_added_params"]),
+            ("gate-added per layer", stats["gate_added_params_per_layer"]),
+            (f"forward FLOPs/token @ {stats['seq_len']}", stats["forward_flops_per_token"]),
+            (f"train FLOPs/token @ {stats['seq_len']}", stats["train_flops_per_token"])]
+    for name, value in rows:
+        print(f"  {name:<32} {value:>18,.0f}  ({_fmt(value)})")
+    print(f"  {'gate share of forward FLOPs':<32} {100 * stats['gate_flop_share']:>17.2f}%")
+    print("layer 0 parameter shapes:")
+    for name, shape in stats["layer_shapes"].items():
+        print(f"  {name:<40} {'x'.join(map(str, shape))}")
+    return 0

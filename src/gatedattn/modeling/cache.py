@@ -1,0 +1,38 @@
+"""KV cache for incremental decoding: post-RoPE (and post-gate, for g2/g3) keys and values per layer.
+
+Storage grows by doubling, so appending one token is a copy into preallocated memory rather than a
+concatenation of the whole history.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    def __init__(self, num_layers: int):
+        self._k: list[torch.Tensor | None] = [None] * num_layers
+        self._v: list[torch.Tensor | None] = [None] * num_layers
+        self._len = [0] * num_layers
+
+    @property
+    def length(self) -> int:
+        """Number of positions already cached (same for every layer between forward calls)."""
+        return self._len[0]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append k, v of shape (B, T, kv_heads, head_dim); return the whole cached history."""
+        start, end = self._len[layer], self._len[layer] + k.shape[1]
+        buf_k, buf_v = self._k[layer], self._v[layer]
+        if buf_k is None or end > buf_k.shape[1]:
+            cap = max(end, 2 * (buf_k.shape[1] if buf_k is not None else 0), 16)
+            new_k = k.new_empty(k.shape[0], cap, *k.shape[2:])
+            new_v = v.new_empty(v.shape[0], cap, *v.shape[2:])
+            if buf_k is not None:
+                new_k[:, :start] = buf_k[:, :start]
+                new_v[:, :start] = buf_v[:, :start]
+            self._k[layer], self._v[layer] = buf_k, buf_v = new_k, new_v
+        buf_k[:, start:end] = k
+        buf_v[:, start:end] = v
+        self._len[layer] = end
+        return buf_k[:, :end], buf_v[:, :end]

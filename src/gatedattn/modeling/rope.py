@@ -1,0 +1,123 @@
+"""Rotary position embeddings with the HF ``rope_scaling`` vocabulary.
+
+The inverse frequencies and the attention scaling follow the formulas of HF transformers'
+``modeling_rope_utils`` (default, linear, dynamic NTK, YaRN, Llama-3), so checkpoints extended with either
+library agree. Partial rotary: only the first ``rotary_dim`` channels of each head rotate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+
+
+def rotary_dim(cfg: ModelConfig) -> int:
+    return int(cfg.attention.head_dim * cfg.rope.partial_rotary_factor)
+
+
+def _base_inv_freq(base: float, dim: int) -> torch.Tensor:
+    return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+
+
+def inv_freq_and_scaling(cfg: ModelConfig, seq_len: int | None = None) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies (rotary_dim / 2,) and the factor that multiplies cos and sin (YaRN's mscale).
+
+    ``seq_len`` matters only for dynamic NTK, which stretches the base once the input outgrows the
+    original context.
+    """
+    dim, base = rotary_dim(cfg), cfg.rope.theta
+    s = cfg.rope.scaling or {}
+    rope_type = s.get("rope_type", s.get("type", "default"))
+    if rope_type == "default":
+        return _base_inv_freq(base, dim), 1.0
+    factor = float(s["factor"])
+    original = s.get("original_max_position_embeddings") or cfg.max_position_embeddings
+    if rope_type == "linear":
+        return _base_inv_freq(base, dim) / factor, 1.0
+    if rope_type == "dynamic":
+        seq_len = max(seq_len or original, original)
+        base = base * ((factor * seq_len / original) - (factor - 1)) ** (dim / (dim - 2))
+        return _base_inv_freq(base, dim), 1.0
+    if rope_type == "yarn":
+        return _yarn(base, dim, factor, original, s)
+    if rope_type == "llama3":
+        return _llama3(base, dim, factor, s), 1.0
+    raise ValueError(f"unknown rope_type {rope_type!r}")
+
+
+def _yarn(base: float, dim: int, factor: float, original: int, s: dict) -> tuple[torch.Tensor, float]:
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention_factor = s.get("attention_factor")
+    if attention_factor is None:
+        if s.get("mscale") and s.get("mscale_all_dim"):
+            attention_factor = mscale(factor, s["mscale"]) / mscale(factor, s["mscale_all_dim"])
+        else:
+            attention_factor = mscale(factor)
+    beta_fast, beta_slow = s.get("beta_fast") or 32, s.get("beta_slow") or 1
+
+    def correction_dim(rotations: float) -> float:
+        return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if s.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    pos_freqs = base ** (torch.arange(0, dim, 2).float() / dim)
+    extrapolation = 1 - ramp  # 1 = keep the original frequency (high-frequency channels)
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
+    return inv_freq, float(attention_factor)
+
+
+def _llama3(base: float, dim: int, factor: float, s: dict) -> torch.Tensor:
+    inv_freq = _base_inv_freq(base, dim)
+    low, high = s["low_freq_factor"], s["high_freq_factor"]
+    old = s["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old / low, inv_freq / factor, inv_freq)
+    smooth = (old / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old / high) & ~(wavelen > old / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+class RotaryEmbedding(nn.Module):
+    """Produces (cos, sin) for given positions; frequencies are recomputed only for dynamic NTK."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        inv_freq, self.attention_scaling = inv_freq_and_scaling(cfg)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        s = cfg.rope.scaling or {}
+        self.dynamic = s.get("rope_type", s.get("type")) == "dynamic"
+
+    @torch.no_grad()
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions: (T,) integer tensor -> cos, sin of shape (T, rotary_dim)."""
+        inv_freq = self.inv_freq
+        if self.dynamic:
+            inv_freq, _ = inv_freq_and_scaling(self.cfg, int(positions.max()) + 1)
+            inv_freq = inv_freq.to(positions.device)
+        freqs = positions.float()[:, None] * inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return (emb.cos() * self.attention_scaling).to(dtype), (emb.sin() * self.attention_scaling).to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first cos.shape[-1] channels of x (B, T, heads, head_dim), half-split layout as in HF."""
+    rd = cos.shape[-1]
+    x_rot, x_pass = x[..., :rd], x[..., rd:]
+    cos, sin = cos[:, None, :], sin[:, None, :]  # broadcast over heads
+    x1, x2 = x_rot[..., : rd // 2], x_rot[..., rd // 2:]
+    rotated = torch.cat((-x2, x1), dim=-1)
+    out = x_rot * cos + rotated * sin
+    return torch.cat((out, x_pass), dim=-1) if x_pass.shape[-1] else out

@@ -1,0 +1,57 @@
+"""Parameter and FLOP counts of a config, computed on the meta device (no memory even for 15B models).
+
+FLOPs per token (forward) = 2 x (active matmul parameters, LM head included, embedding lookup excluded)
++ attention scores and weighted sum, 2 x 2 x heads x head_dim per attended key, with a causal query
+attending to (seq_len + 1) / 2 keys on average. A training step costs about 3x the forward.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ..config import ModelConfig
+from .model import GatedLM
+
+
+def _build_meta(cfg: ModelConfig) -> GatedLM:
+    with torch.device("meta"):
+        return GatedLM(cfg)
+
+
+def _count(model: GatedLM) -> int:
+    return sum(p.numel() for p in model.parameters())  # parameters() yields tied weights once
+
+
+def model_stats(cfg: ModelConfig, seq_len: int = 2048) -> dict:
+    model = _build_meta(cfg)
+    total = _count(model)
+    ungated_cfg = copy.deepcopy(cfg)
+    ungated_cfg.attention.gate.position = "none"
+    gate_added = total - _count(_build_meta(ungated_cfg))
+    m, a = cfg.moe, cfg.attention
+    inactive = 0
+    if m.num_experts:
+        inactive = cfg.num_layers * (m.num_experts - m.top_k) * 3 * cfg.d_model * m.expert_ffn_dim
+    active = total - inactive
+    embed = model.embed.weight.numel()
+    matmul_active = active - embed + (embed if cfg.tie_embeddings else 0)  # the head is a matmul either way
+    matmul_active -= sum(p.numel() for n, p in model.named_parameters() if "norm" in n or "register" in n
+                         or "sink_logit" in n or n.endswith("gate.vector") or n.endswith("gate.bias"))
+    attn_flops = cfg.num_layers * 4 * a.num_heads * a.head_dim * (seq_len + 1) / 2
+    forward = 2 * matmul_active + attn_flops
+    layer0 = {n.removeprefix("layers.0."): list(p.shape) for n, p in model.named_parameters()
+              if n.startswith("layers.0.")}
+    return {
+        "total_params": total,
+        "active_params": active,
+        "embedding_params": embed if cfg.tie_embeddings else 2 * embed,
+        "gate_added_params": gate_added,
+        "gate_added_params_per_layer": gate_added // cfg.num_layers,
+        "seq_len": seq_len,
+        "forward_flops_per_token": forward,
+        "train_flops_per_token": 3 * forward,
+        "gate_flop_share": 2 * gate_added / forward if forward else 0.0,
+        "layer_shapes": layer0,
+    }
