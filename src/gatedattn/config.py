@@ -165,11 +165,21 @@ def _validate_rope_scaling(s: dict | None) -> None:
 class DataConfig:
     # Built-in corpora ("shakespeare", "python-stdlib") or paths, comma-separated.
     source: str = "shakespeare"
-    text_field: str = "text"
+    text_field: str = "text"  # the JSONL field / parquet column holding the text
     tokenizer: str = "bpe"  # bpe (trained on the training split) | gpt2 | path to a tokenizer.json
-    vocab_size: int = 4096
-    seq_len: int = 256
-    val_fraction: float = 0.1
+    vocab_size: int = 4096  # of the trained BPE (at least 257: 256 bytes + <|endoftext|>)
+    seq_len: int = 256  # tokens per training sequence, BOS included
+    val_fraction: float = 0.1  # share of the text held out (whole documents) for validation
+
+    def validate(self) -> None:
+        if self.vocab_size <= 0:
+            raise ConfigError(f"data.vocab_size must be a positive integer, got {self.vocab_size}")
+        if self.seq_len < 2:
+            raise ConfigError(f"data.seq_len must be >= 2 (BOS + one token), got {self.seq_len}")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not self.source.strip() or not self.tokenizer.strip():
+            raise ConfigError("data.source and data.tokenizer must not be empty")
 
 
 @dataclass
@@ -177,24 +187,43 @@ class TrainConfig:
     seed: int = 0
     max_steps: int = 200
     batch_size: int = 8
-    grad_accum: int = 1
+    grad_accum: int = 1  # micro-batches of batch_size per optimizer step
     lr: float = 1e-3
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = 0.1  # cosine decay ends at min_lr_ratio * lr
     warmup_steps: int = 20
-    weight_decay: float = 0.1
+    weight_decay: float = 0.1  # weight matrices only (not norms, biases, gate vectors, sinks, embeddings)
     beta1: float = 0.9
     beta2: float = 0.95
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
     dtype: str = _choice("float32", ("float32", "bfloat16"), "bfloat16 = autocast")
     compile: bool = False
     log_every: int = 1
-    eval_every: int = 50
-    eval_batches: int = 8
-    checkpoint_every: int = 100
+    eval_every: int = 50  # validation every N steps (0 = at the end only)
+    eval_batches: int = 8  # validation batches (of batch_size sequences); 0 = no validation
+    checkpoint_every: int = 100  # 0 = at the end only
     keep_checkpoints: int = 2
-    spike_factor: float = 1.5
+    spike_factor: float = 1.5  # a loss above spike_factor x the median of the last spike_window is a spike
     spike_window: int = 50
-    max_nonfinite: int = 5
+    max_nonfinite: int = 5  # stop after this many non-finite losses/gradients in a row (each is skipped)
+    device: str = _choice("auto", ("auto", "cpu", "cuda"), "auto = CUDA when available, else CPU")
+
+    def validate(self) -> None:
+        positive = ("max_steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints", "spike_window",
+                    "max_nonfinite")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("warmup_steps", "eval_every", "eval_batches", "checkpoint_every", "weight_decay", "grad_clip"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key} must be >= 0 (0 = off), got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError("train.beta1 and train.beta2 must be in [0, 1)")
+        if self.spike_factor <= 1:
+            raise ConfigError(f"train.spike_factor must be > 1, got {self.spike_factor}")
 
 
 @dataclass
@@ -297,6 +326,12 @@ PRESETS: dict[str, dict] = {
         "model": {"vocab_size": 8192, "d_model": 256, "num_layers": 6, "ffn_dim": 768,
                   "attention": {"num_heads": 4, "num_kv_heads": 2, "head_dim": 64}},
         "data": {"seq_len": 256, "vocab_size": 8192},
+    },
+    # `gatedattn compare --quick`: a 1.3M-parameter model that trains in about a minute per variant on 2 cores.
+    "compare-quick": {
+        "model": {"vocab_size": 2048, "d_model": 128, "num_layers": 4, "ffn_dim": 384,
+                  "attention": {"num_heads": 4, "num_kv_heads": 2, "head_dim": 32}},
+        "data": {"seq_len": 128, "vocab_size": 2048},
     },
     # The paper's dense 1.7B, 28 layers.
     "paper-dense-1.7b-28l": {
