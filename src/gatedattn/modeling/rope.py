@@ -2,7 +2,14 @@
 
 The inverse frequencies and the attention scaling follow the formulas of HF transformers'
 ``modeling_rope_utils`` (default, linear, dynamic NTK, YaRN, Llama-3), so checkpoints extended with either
-library agree. Partial rotary: only the first ``rotary_dim`` channels of each head rotate.
+library agree; cos and sin are computed in float32 whatever the model's dtype, as HF does. Partial rotary:
+only the first ``rotary_dim`` channels of each head rotate.
+
+Dynamic NTK stretches the base by a sequence length. HF recomputes it from the largest position of each call,
+so with a KV cache the cached keys and the new queries are rotated with different frequencies. Here the
+length is one number per sequence: a full forward uses its own length, a cached run the cache's
+``rope_seq_len`` (declared by the caller, else the length of its first call), so a cached run equals a full
+forward over the same tokens whenever ``rope_seq_len`` is that forward's length.
 """
 
 from __future__ import annotations
@@ -38,9 +45,11 @@ def inv_freq_and_scaling(cfg: ModelConfig, seq_len: int | None = None) -> tuple[
     original = s.get("original_max_position_embeddings") or cfg.max_position_embeddings
     if rope_type == "linear":
         return _base_inv_freq(base, dim) / factor, 1.0
-    if rope_type == "dynamic":
-        seq_len = max(seq_len or original, original)
-        base = base * ((factor * seq_len / original) - (factor - 1)) ** (dim / (dim - 2))
+    if rope_type == "dynamic":  # HF always takes `original` from max_position_embeddings (hf_convert maps it)
+        if seq_len is not None and seq_len > original:
+            # In float32 from an integer tensor, as HF's forward computes it, so the frequencies agree bitwise.
+            length = torch.tensor(seq_len)
+            base = base * ((factor * length / original) - (factor - 1)) ** (dim / (dim - 2))
         return _base_inv_freq(base, dim), 1.0
     if rope_type == "yarn":
         return _yarn(base, dim, factor, original, s)
@@ -90,24 +99,39 @@ def _llama3(base: float, dim: int, factor: float, s: dict) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """Produces (cos, sin) for given positions; frequencies are recomputed only for dynamic NTK."""
+    """Produces (cos, sin) for given positions; frequencies depend on a length only under dynamic NTK."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         inv_freq, self.attention_scaling = inv_freq_and_scaling(cfg)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        # A plain float32 attribute, not a buffer: model.double() / .half() must not change the frequencies.
+        self.inv_freq = inv_freq
         s = cfg.rope.scaling or {}
         self.dynamic = s.get("rope_type", s.get("type")) == "dynamic"
+        self._dynamic_cache: tuple[int, torch.Tensor] | None = None
+
+    def _frequencies(self, positions: torch.Tensor, seq_len: int | None) -> torch.Tensor:
+        device = positions.device
+        if not self.dynamic:
+            if self.inv_freq.device != device:
+                self.inv_freq = self.inv_freq.to(device)
+            return self.inv_freq
+        if seq_len is None:
+            seq_len = int(positions.max()) + 1
+        if self._dynamic_cache is None or self._dynamic_cache[0] != seq_len \
+                or self._dynamic_cache[1].device != device:
+            self._dynamic_cache = (seq_len, inv_freq_and_scaling(self.cfg, seq_len)[0].to(device))
+        return self._dynamic_cache[1]
 
     @torch.no_grad()
-    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions: (T,) integer tensor -> cos, sin of shape (T, rotary_dim)."""
-        inv_freq = self.inv_freq
-        if self.dynamic:
-            inv_freq, _ = inv_freq_and_scaling(self.cfg, int(positions.max()) + 1)
-            inv_freq = inv_freq.to(positions.device)
-        freqs = positions.float()[:, None] * inv_freq[None, :]
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype,
+                seq_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions: (T,) integer tensor -> cos, sin of shape (T, rotary_dim).
+
+        ``seq_len``: the length dynamic NTK scales for (default: the largest position + 1, as HF).
+        """
+        freqs = positions.float()[:, None] * self._frequencies(positions, seq_len)[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         return (emb.cos() * self.attention_scaling).to(dtype), (emb.sin() * self.attention_scaling).to(dtype)
 
