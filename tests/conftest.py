@@ -7,7 +7,7 @@ from gatedattn import GatedLM, load_config
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # tiny ops: one thread avoids OpenMP overhead (and oversubscription on shared CPUs)
 
 
 def tiny_model(**overrides) -> GatedLM:

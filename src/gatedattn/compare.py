@@ -39,11 +39,11 @@ VARIANTS: dict[str, dict] = {
 
 # Token budgets sized for a 2-core CPU: default ~15 minutes for two variants, quick ~2 minutes.
 BUDGETS: dict[str, dict] = {
-    "default": {"train.max_steps": 400, "train.batch_size": 8, "train.warmup_steps": 40, "train.lr": 2e-3,
-                "train.eval_every": 100, "train.eval_batches": 8, "train.checkpoint_every": 100,
-                "data.seq_len": 256},
-    "quick": {"train.max_steps": 60, "train.batch_size": 8, "train.warmup_steps": 6, "train.lr": 3e-3,
-              "train.eval_every": 30, "train.eval_batches": 4, "train.checkpoint_every": 30,
+    "default": {"train.max_steps": 800, "train.batch_size": 8, "train.warmup_steps": 80, "train.lr": 2e-3,
+                "train.dtype": "bfloat16", "train.eval_every": 100, "train.eval_batches": 8,
+                "train.checkpoint_every": 200, "data.seq_len": 256},
+    "quick": {"train.max_steps": 240, "train.batch_size": 16, "train.warmup_steps": 24, "train.lr": 3e-3,
+              "train.eval_every": 50, "train.eval_batches": 4, "train.checkpoint_every": 100,
               "data.seq_len": 128, "data.vocab_size": 2048},
 }
 DEFAULT_PRESET = {"default": "small", "quick": "compare-quick"}

@@ -1,7 +1,8 @@
 """KV cache for incremental decoding: post-RoPE (and post-gate, for g2/g3) keys and values per layer.
 
-Storage grows by doubling, so appending one token is a copy into preallocated memory rather than a
-concatenation of the whole history.
+Storage is allocated at ``capacity`` positions (``generate`` passes its final length, so nothing is ever
+reallocated while decoding) and grows by doubling beyond that, so appending one token is a copy into
+preallocated memory rather than a concatenation of the whole history.
 """
 
 from __future__ import annotations
@@ -10,10 +11,14 @@ import torch
 
 
 class KVCache:
-    def __init__(self, num_layers: int):
+    def __init__(self, num_layers: int, rope_seq_len: int | None = None, capacity: int = 16):
+        # Dynamic NTK RoPE: the sequence length (positions, register tokens included) its frequencies are
+        # fixed for, so cached keys and later queries share one rotation. None: the first call's length.
+        self.rope_seq_len = rope_seq_len
         self._k: list[torch.Tensor | None] = [None] * num_layers
         self._v: list[torch.Tensor | None] = [None] * num_layers
         self._len = [0] * num_layers
+        self.capacity = capacity  # positions allocated at the first update (generate: its final length)
 
     @property
     def length(self) -> int:
@@ -25,7 +30,7 @@ class KVCache:
         start, end = self._len[layer], self._len[layer] + k.shape[1]
         buf_k, buf_v = self._k[layer], self._v[layer]
         if buf_k is None or end > buf_k.shape[1]:
-            cap = max(end, 2 * (buf_k.shape[1] if buf_k is not None else 0), 16)
+            cap = max(end, 2 * (buf_k.shape[1] if buf_k is not None else 0), self.capacity)
             new_k = k.new_empty(k.shape[0], cap, *k.shape[2:])
             new_v = v.new_empty(v.shape[0], cap, *v.shape[2:])
             if buf_k is not None:

@@ -118,17 +118,23 @@ class GatedLM(nn.Module):
             h = torch.cat([self.register_tokens.to(h.dtype).expand(h.shape[0], -1, -1), h], 1)
         h = self.hook_embed(h)
         positions = torch.arange(past, past + h.shape[1], device=h.device)
-        cos, sin = self.rotary(positions, h.dtype)
+        if cache is not None and cache.rope_seq_len is None:  # dynamic NTK: one length per cached sequence
+            cache.rope_seq_len = past + h.shape[1]
+        cos, sin = self.rotary(positions, h.dtype, cache.rope_seq_len if cache is not None else None)
         for layer in self.layers:
             h = layer(h, cos, sin, cache)
         h = self.norm(h[:, n_reg:])
-        logits = self.lm_head(h)
-        out = GatedLMOutput(logits=logits, past_key_values=cache)
+        if labels is None:
+            out = GatedLMOutput(logits=self.lm_head(h), past_key_values=cache)
+            self._moe_losses(out)
+            return out
+        # Position t predicts token t + 1; the last position has no target (HF shifts labels the same way,
+        # which keeps the logits contiguous: no slice copy of the largest activation).
+        targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+        logits, lm_loss = linear_cross_entropy(h, self.lm_head.weight, targets)
+        out = GatedLMOutput(logits=logits, lm_loss=lm_loss, past_key_values=cache)
         self._moe_losses(out)
-        if labels is not None:
-            out.lm_loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
-                                          ignore_index=-100)
-            out.loss = out.lm_loss + out.aux_loss
+        out.loss = out.lm_loss + out.aux_loss
         return out
 
     def _moe_losses(self, out: GatedLMOutput) -> None:
@@ -143,27 +149,39 @@ class GatedLM(nn.Module):
         out.aux_loss = m.load_balance_coef * out.load_balance_loss + m.z_loss_coef * out.z_loss
 
     # -- decoding -----------------------------------------------------------------------------------------
-    @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 32, do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                  eos_token_id: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Greedy or sampled continuation with the KV cache; returns prompt + new tokens (B, T + n)."""
         if max_new_tokens < 0 or temperature <= 0 or not 0 < top_p <= 1:
             raise GatedAttnError("generate: need max_new_tokens >= 0, temperature > 0 and 0 < top_p <= 1")
-        cache = KVCache(len(self.layers))
-        tokens = input_ids
+        # Inference mode skips autograd's bookkeeping on every op (per-op overhead dominates batch-1
+        # decoding); the result is cloned out of it so that callers may train on it.
+        with torch.inference_mode():
+            tokens = self._decode(input_ids, max_new_tokens, do_sample, temperature, top_p, top_k,
+                                  eos_token_id, generator)
+        return tokens.clone()
+
+    def _decode(self, input_ids, max_new_tokens, do_sample, temperature, top_p, top_k, eos_token_id, generator):
+        B, T = input_ids.shape
+        # Cache and output are allocated once at their final length: no regrowth while decoding.
+        cache = KVCache(len(self.layers), capacity=self.num_register_tokens + T + max_new_tokens)
+        tokens = input_ids.new_empty(B, T + max_new_tokens)
+        tokens[:, :T] = input_ids
         logits = self(input_ids, past_key_values=cache).logits[:, -1]
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+        n = T
         for _ in range(max_new_tokens):
             nxt = sample_next(logits, do_sample, temperature, top_p, top_k, generator)
             if eos_token_id is not None:
                 nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
                 done |= nxt == eos_token_id
-            tokens = torch.cat([tokens, nxt[:, None]], 1)
+            tokens[:, n] = nxt
+            n += 1
             if eos_token_id is not None and bool(done.all()):
                 break
-            logits = self(nxt[:, None], past_key_values=cache).logits[:, -1]
-        return tokens
+            logits = self(tokens[:, n - 1:n], past_key_values=cache).logits[:, -1]
+        return tokens[:, :n]
 
     # -- persistence -------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
@@ -194,6 +212,89 @@ class GatedLM(nn.Module):
             raise GatedAttnError(f"cannot load weights {directory / WEIGHTS_NAME}: "
                                  f"{str(e).splitlines()[0]}") from None
         return model
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """``logits = h @ weight.T`` and the mean cross-entropy of ``targets`` (-100 = ignored) in one node.
+
+    The (tokens x vocab) logits are the largest activation of a small LM. Autograd through
+    ``F.cross_entropy(logits.float())`` makes three more tensors of that size (log-probabilities, their
+    gradient, the logits' gradient), each a pass over memory. Here both directions work on blocks of rows:
+    the forward keeps only each token's log-probability of its target, and the backward recomputes the
+    block's softmax, writes ``p - 1`` at the targets and feeds it straight into the head's two matmuls, with
+    the 1/N loss scale applied to the small (rows x d) operands instead of the block. Log-probabilities in
+    >= float32 as in HF; under autocast the backward's softmax is rounded to bf16 (computed in float32 by
+    the kernel), which is what autograd hands to the bf16 matmuls too.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, dtype):
+        ctx.dtypes = h.dtype, weight.dtype
+        h, weight = h.to(dtype), weight.to(dtype)  # autocast's cast; the gradients go back in the originals'
+        logits = h @ weight.T
+        acc = torch.promote_types(logits.dtype, torch.float32)
+        # Blocks of ~512K elements here (they stay in cache between the conversion to float32 and the
+        # softmax), ~4M in the backward (each block adds into the weight's gradient once). One buffer reused:
+        # a fresh multi-MB allocation per block costs page faults, not just a pass.
+        rows, ctx.rows = max(16, (1 << 19) // logits.shape[1]), max(16, (1 << 22) // logits.shape[1])
+        index = targets.clamp(min=0)[:, None]
+        block = logits.new_empty(min(rows, len(logits)), logits.shape[1], dtype=acc)
+        logp = logits.new_empty(len(logits), 1, dtype=acc)  # log p(target)
+        for i in range(0, len(logits), rows):
+            j = min(i + rows, len(logits))
+            logp[i:j] = torch.log_softmax(logits[i:j], -1, dtype=acc, out=block[:j - i]).gather(1, index[i:j])
+        valid = targets != -100
+        loss = -torch.where(valid, logp.squeeze(1), 0).sum() / valid.sum()
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(h, weight, logits, targets, logp)
+        return logits, loss
+
+    @staticmethod
+    def backward(ctx, grad_logits, grad_loss):
+        h, weight, logits, targets, logp = ctx.saved_tensors
+        valid = targets != -100
+        scale = torch.where(valid, grad_loss / valid.sum(), 0).to(logp.dtype) if grad_loss is not None \
+            else torch.zeros(len(targets), dtype=logp.dtype, device=h.device)
+        cols, rows = targets.clamp(min=0), torch.arange(ctx.rows, device=h.device)
+        target_grad = (logp.squeeze(1).exp() - 1).to(logits.dtype)  # d loss / d logit at the target, before 1/N
+        grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
+        # The weight's gradient sums over blocks: accumulate in >= float32, round once at the end.
+        grad_w = torch.zeros(weight.shape, dtype=torch.promote_types(ctx.dtypes[1], logp.dtype), device=h.device) \
+            if ctx.needs_input_grad[1] else None
+        block = torch.empty_like(logits[:ctx.rows])
+        for i in range(0, len(logits), ctx.rows):
+            j = min(i + ctx.rows, len(logits))
+            g = torch.softmax(logits[i:j], -1, out=block[:j - i])
+            g[rows[:j - i], cols[i:j]] = target_grad[i:j]  # indexing, not scatter_ (slow for bf16 on CPU)
+            s = scale[i:j, None]
+            if grad_logits is not None:  # the logits feed something else too: add its gradient
+                g = (g.to(logp.dtype) * s).add_(grad_logits[i:j]).to(logits.dtype)
+                s = None
+            if grad_h is not None:
+                torch.mm(g, weight, out=grad_h[i:j])
+                if s is not None:
+                    grad_h[i:j] *= s
+            if grad_w is not None:
+                hs = h[i:j] if s is None else (h[i:j] * s).to(h.dtype)
+                if grad_w.dtype == g.dtype:
+                    grad_w.addmm_(g.T, hs)
+                else:
+                    grad_w += g.T @ hs
+        return (None if grad_h is None else grad_h.to(ctx.dtypes[0]),
+                None if grad_w is None else grad_w.to(ctx.dtypes[1]), None, None)
+
+
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor,
+                         targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits of shape h.shape[:-1] + (vocab,), mean cross-entropy over targets != -100).
+
+    Equal to ``F.linear(h, weight)`` then ``F.cross_entropy(logits.float(), targets)``, autocast included.
+    """
+    device = h.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+    with torch.autocast(device, enabled=False):
+        logits, loss = _LinearCrossEntropy.apply(h.reshape(-1, h.shape[-1]), weight, targets.reshape(-1), dtype)
+    return logits.view(*h.shape[:-1], -1), loss
 
 
 def resolve_model_dir(directory: Path) -> Path:
