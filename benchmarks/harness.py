@@ -1,5 +1,5 @@
 """Shared pieces of the benchmark scripts: interleaved timing, the machine's matmul rate, the HF peer,
-training-step and decoding closures, tables and JSON.
+training-step closures, the environment, tables and JSON.
 
 Every figure the scripts report is a ratio measured side by side in one process: the cases run in rounds
 (A B C, then B C A, ...) and each ratio is the median over rounds of the per-round ratio, so slow drift and

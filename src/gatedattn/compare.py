@@ -210,8 +210,9 @@ def report_markdown(results: dict) -> str:
                      f"{a['frac_heads_above_eps']:.2f} | {_fmt(a['m_act'])} | {_fmt(a.get('gate_mean'))} | "
                      f"{t['spikes']} |")
     lines += ["", "## Beside the paper", "",
-              "The paper's figures come from 15B-A2B MoE models trained on 400B tokens; this run is a small "
-              "model on a few hundred thousand tokens, so only the direction of an effect is comparable.", "",
+              "The paper's figures come from 15B-A2B MoE models trained on 400B tokens; this run trains "
+              f"{v[names[0]]['parameters'] / 1e6:.1f}M-parameter models on {v[names[0]]['train']['tokens']:,} tokens, "
+              "so only the direction of an effect is comparable.", "",
               "| measure | paper: baseline | paper: G1 | here: " + " | here: ".join(names) + " |",
               "|---|---|---|" + "---|" * len(names)]
     for key, label in (("f_attn", "F-Attn"), ("m_act", "M-Act"), ("gate_mean", "gate mean")):
