@@ -146,13 +146,17 @@ def test_gradients_match_finite_differences(cfg):
     torch.testing.assert_close(analytic, numeric, rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("position", ["none", "g1"])
-def test_bf16_autocast_training_step_is_close_to_float32(position):
-    cfg = load_config("tiny", {"model.attention.gate.position": position}).model
-    model = GatedLM(cfg)
+def _tiny_loss_and_grads(position):
+    """A tiny model, an input, and its float32 eager output and parameter gradients (the reference)."""
+    model = GatedLM(load_config("tiny", {"model.attention.gate.position": position}).model)
     x = torch.randint(0, 256, (2, 16))
     ref = model(x, labels=x)
-    ref_grads = torch.autograd.grad(ref.loss, list(model.parameters()))
+    return model, x, ref, torch.autograd.grad(ref.loss, list(model.parameters()))
+
+
+@pytest.mark.parametrize("position", ["none", "g1"])
+def test_bf16_autocast_training_step_is_close_to_float32(position):
+    model, x, ref, ref_grads = _tiny_loss_and_grads(position)
     with torch.autocast("cpu", torch.bfloat16):
         out = model(x, labels=x)
     assert out.logits.dtype == torch.bfloat16 and out.loss.dtype == torch.float32
@@ -186,11 +190,7 @@ def test_a_replaced_projection_module_is_honoured_under_autograd():
 @pytest.mark.slow
 @pytest.mark.parametrize("position", ["none", "g1"])
 def test_torch_compile_gives_the_eager_logits_loss_and_gradients(position):
-    cfg = load_config("tiny", {"model.attention.gate.position": position}).model
-    model = GatedLM(cfg)
-    x = torch.randint(0, 256, (2, 16))
-    eager = model(x, labels=x)
-    eager_grads = torch.autograd.grad(eager.loss, list(model.parameters()))
+    model, x, eager, eager_grads = _tiny_loss_and_grads(position)
     compiled = torch.compile(model)
     out = compiled(x, labels=x)
     grads = torch.autograd.grad(out.loss, list(model.parameters()))
