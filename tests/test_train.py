@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 from gatedattn import GatedAttnError, GatedLM, load_config
 from gatedattn.cli.main import main
 from gatedattn.data.corpora import shakespeare_documents
-from gatedattn.training import (TrainingError, latest_checkpoint, lr_factor, param_groups, prepare_data,
-                                read_metrics, train)
+from gatedattn.artifacts import latest_checkpoint, load_model
+from gatedattn.training import TrainingError, lr_factor, param_groups, prepare_data, read_metrics, train
 from gatedattn.training.metrics import SpikeDetector
 from gatedattn.training.trainer import load_init_weights
 
@@ -140,7 +140,7 @@ def test_training_lowers_the_loss_and_writes_a_self_describing_run(reference_run
     assert env["versions"]["torch"] == torch.__version__ and env["torch_threads"] == 1
     assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step_0000020", "step_0000030"]
     assert latest_checkpoint(out).name == "step_0000030"
-    model = GatedLM.from_pretrained(out)  # a run directory loads its latest weights
+    model = load_model(out).model  # a run directory loads its latest weights
     saved = load_file(out / "checkpoints/step_0000030/model.safetensors")
     assert torch.equal(model.embed.weight, saved["embed.weight"])
 
@@ -152,7 +152,7 @@ def test_grad_accumulation_equals_a_larger_batch(corpus, tmp_path):
     la, lb = _losses(tmp_path / "a")[0], _losses(tmp_path / "b")[0]
     assert [x for _, x in la] == pytest.approx([x for _, x in lb], rel=1e-5)
     assert a.tokens == b.tokens
-    wa, wb = GatedLM.from_pretrained(a.out_dir).state_dict(), GatedLM.from_pretrained(b.out_dir).state_dict()
+    wa, wb = a.model.state_dict(), b.model.state_dict()
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
 
@@ -161,23 +161,52 @@ def test_bf16_autocast_trains(corpus, tmp_path):
     r = train(_config(corpus, **{"train.max_steps": 12, "train.dtype": "bfloat16"}), tmp_path, progress=False)
     losses, _ = _losses(tmp_path)
     assert all(math.isfinite(x) for _, x in losses) and losses[-1][1] < losses[0][1]
-    assert next(GatedLM.from_pretrained(r.out_dir).parameters()).dtype == torch.float32  # fp32 master weights
+    assert next(r.model.parameters()).dtype == torch.float32  # fp32 master weights
 
 
 # -- kill and resume -------------------------------------------------------------------------------------------
 
+# The child trains like `gatedattn train` and pauses (so the test can SIGKILL it there) at a point the test
+# injects: after step N is logged ("step:N"), or in the middle of writing checkpoint N ("checkpoint:N").
+_CHILD = """
+import json, sys, time
+import torch
+from gatedattn import load_config
+from gatedattn.training import Callback, train
+
+point, n = sys.argv[1].split(":")
+n = int(n)
+
+def pause():
+    print("PAUSED", file=sys.stderr, flush=True)
+    time.sleep(600)
+
+class PauseAfterStep(Callback):
+    def on_step_end(self, trainer, record):
+        if point == "step" and trainer.state.step == n:
+            pause()
+
+save = torch.save
+def save_then_pause(obj, *args, **kwargs):  # the trainer state is the last file written before the manifest
+    if point == "checkpoint" and isinstance(obj, dict) and obj.get("step") == n:
+        pause()
+    return save(obj, *args, **kwargs)
+torch.save = save_then_pause
+torch.set_num_threads(1)
+train(load_config("tiny", json.loads(sys.argv[2])), sys.argv[3], progress=False, callbacks=[PauseAfterStep()])
+"""
+
+
 def _kill_when_paused(corpus, out, pause: str) -> None:
-    """Run `gatedattn train` in a subprocess that pauses at ``pause`` (test hook), then SIGKILL it there."""
-    args = ["train", "tiny", "--out", str(out), "--no-progress"] + [
-        a for k, v in {**SETTINGS, "data.source": str(corpus)}.items() for a in ("--set", f"{k}={v}")]
-    env = {**os.environ, "GATEDATTN_TEST_PAUSE": pause, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "gatedattn.cli.main", *args], stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True, env=env)
+    """Train in a subprocess that pauses at ``pause``, then SIGKILL it there."""
+    overrides = json.dumps({**SETTINGS, "data.source": str(corpus)})
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, pause, overrides, str(out)], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     watchdog = threading.Timer(180, proc.kill)
     watchdog.start()
     try:
         for line in proc.stderr:
-            if "GATEDATTN_TEST_PAUSED" in line:
+            if "PAUSED" in line:
                 os.kill(proc.pid, signal.SIGKILL)
                 break
         proc.wait()
@@ -234,7 +263,7 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(corpus, tmp_path, r
     [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert "step_0000030" in warning and "SHA-256" in warning and "\n" not in warning
     ref20 = load_file(ref_dir / "checkpoints/step_0000020/model.safetensors")
-    assert torch.equal(GatedLM.from_pretrained(run).embed.weight, ref20["embed.weight"])
+    assert torch.equal(load_model(run).model.embed.weight, ref20["embed.weight"])
     r = train(_config(corpus), run, progress=False)  # resumes from 20, sets the damaged one aside
     assert r.resumed_from == 20 and list((run / "checkpoints").glob("step_0000030.unreadable-*"))
     _assert_same_run(run, reference_run)
@@ -290,8 +319,9 @@ def test_init_from_copies_weights_and_tokenizer_and_checks_shapes(corpus, tmp_pa
     ref_dir, _ = reference_run
     cfg = _config(corpus, **{"model.rope.theta": 100000.0, "data.seq_len": 64, "train.max_steps": 2})
     model = GatedLM(load_config("tiny", {"model.vocab_size": 320, "model.rope.theta": 100000.0}).model)
-    load_init_weights(model, ref_dir)
-    ref = GatedLM.from_pretrained(ref_dir).state_dict()
+    ref_model = load_model(ref_dir).model
+    load_init_weights(model, ref_model, ref_dir)
+    ref = ref_model.state_dict()
     assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
     train(cfg, tmp_path / "long", init_from=ref_dir, progress=False)
     assert (tmp_path / "long/tokenizer.json").read_text() == (ref_dir / "tokenizer.json").read_text()
@@ -334,4 +364,4 @@ def test_cli_train_eval_generate(corpus, tmp_path, capsys):
     assert main(["generate", str(out), "--prompt", "ROMEO.", "--max-new-tokens", "5", "--seed", "1"]) == 0
     assert capsys.readouterr().out == first  # seeded sampling is reproducible
     assert main(["generate", str(tmp_path / "nothing"), "--prompt", "x"]) == 2
-    assert "not a model directory" in capsys.readouterr().err
+    assert "unknown model" in capsys.readouterr().err

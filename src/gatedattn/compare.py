@@ -87,7 +87,6 @@ def run_compare(settings: CompareSettings) -> dict:
     """Train, evaluate and probe every variant; write results.json, report.md and plots into ``out``."""
     from .analysis import analyze_model
     from .evaluation.perplexity import evaluate_perplexity
-    from .modeling import GatedLM
     from .training import prepare_data, read_metrics, train
 
     out = Path(settings.out)
@@ -108,7 +107,7 @@ def run_compare(settings: CompareSettings) -> dict:
         run_dir = out / "runs" / name
         started = time.time()
         run = train(cfg, run_dir, data=bundle, progress=settings.progress)
-        model = GatedLM.from_pretrained(run_dir)
+        model = run.model
         val = evaluate_perplexity(model, bundle.val, batch_size=cfg.train.batch_size, dtype=cfg.train.dtype)
         probes = analyze_model(model, probe_ids, sink="first", progress=False, desc=name)
         metrics = read_metrics(run_dir / "metrics.jsonl")

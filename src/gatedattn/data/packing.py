@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from ..errors import GatedAttnError
-from .cache import atomic_write_text, cache_dir, sha256_text, tmp_name
+from ..fileio import atomic_write_text, tmp_name
+from .cache import cache_dir, sha256_text
 from .corpora import Document, corpus_hash
 from .tokenizer import TextTokenizer
 

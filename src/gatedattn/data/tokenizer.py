@@ -15,7 +15,8 @@ import logging
 from pathlib import Path
 
 from ..errors import GatedAttnError
-from .cache import atomic_write_text, cache_dir, sha256_text
+from ..fileio import atomic_write_text
+from .cache import cache_dir, sha256_text
 from .corpora import Document
 
 log = logging.getLogger("gatedattn.data")
@@ -44,8 +45,9 @@ class TextTokenizer:
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of ``text``; with ``add_special_tokens`` the tokenizer's own post-processor decides."""
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]

@@ -26,10 +26,11 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from ..artifacts import load_model
 from ..config import DataConfig, _validate_rope_scaling, model_config_from_dict, parse_value
 from ..errors import GatedAttnError
 from ..modeling.cache import KVCache
-from ..modeling.model import CONFIG_NAME, GatedLM
+from ..modeling.model import GatedLM
 from .ruler import TASKS, make_sample, parse_tasks, score
 
 SCALED_TYPES = ("linear", "dynamic", "yarn", "llama3")
@@ -81,35 +82,19 @@ class LongContextLM:
 
 def load_lm(name_or_path: str) -> LongContextLM:
     """Our model or run directory (with its tokenizer.json), ``smollm2``, a HF model directory or .gguf."""
-    from ..analysis.targets import ALIASES, _model_type, load_analysis_target
-
-    path = Path(name_or_path)
-    ours = path.is_dir() and ((path / "checkpoints").is_dir() or _model_type(path / CONFIG_NAME) == "gatedattn")
-    if name_or_path not in ALIASES and ours:
-        from ..training.pretrained import load_pretrained
-
-        pre = load_pretrained(path)
-        tok, cfg = pre.tokenizer, pre.model.config
-        trained = pre.run_config.data.seq_len if pre.run_config else cfg.max_position_embeddings
-        data = pre.run_config.data if pre.run_config else DataConfig()
-        return LongContextLM(name_or_path, pre.model, tok.encode, tok.decode, [tok.bos_id], tok.eos_id, trained,
+    loaded = load_model(name_or_path)
+    tok = loaded.require_tokenizer()
+    if loaded.is_ours:
+        cfg, run = loaded.model.config, loaded.run_config
+        data = run.data if run is not None else DataConfig()
+        return LongContextLM(name_or_path, loaded.model, tok.encode, tok.decode, [tok.bos_id], tok.eos_id,
+                             run.data.seq_len if run is not None else cfg.max_position_embeddings,
                              (data.source, data.val_fraction))
-    target = load_analysis_target(name_or_path)  # resolves smollm2, HF directories and .gguf files
-    from transformers import AutoTokenizer
-
-    folder, gguf = ALIASES[name_or_path]() if name_or_path in ALIASES else (
-        (str(path.parent), path.name) if path.suffix == ".gguf" else (str(path), None))
-    try:
-        tok = AutoTokenizer.from_pretrained(folder, **({"gguf_file": gguf} if gguf else {}))
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise GatedAttnError(f"{name_or_path} has no usable tokenizer: {str(e).splitlines()[0]}") from None
-    cfg = target.model.config
-    eos = tok.eos_token_id if tok.eos_token_id is not None else cfg.eos_token_id
-    return LongContextLM(name_or_path, target.model,
-                         lambda text: tok(text, add_special_tokens=False, verbose=False)["input_ids"],
-                         lambda ids: tok.decode(ids, skip_special_tokens=True),
-                         tok("", verbose=False)["input_ids"], eos[0] if isinstance(eos, list) else eos,
-                         cfg.max_position_embeddings)
+    # What the HF tokenizer puts before any text (e.g. a BOS), as the model saw in training.
+    cfg = loaded.model.config
+    eos = tok.eos_id if tok.eos_id is not None else cfg.eos_token_id
+    return LongContextLM(name_or_path, loaded.model, tok.encode, tok.decode, tok.encode("", add_special_tokens=True),
+                         eos[0] if isinstance(eos, list) else eos, cfg.max_position_embeddings)
 
 
 def rope_change(lm: LongContextLM, theta: float | None = None, scaling: str | dict | None = None,

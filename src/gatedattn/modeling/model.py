@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError, ModelConfig, model_config_from_dict
+from ..config import ModelConfig, model_config_from_dict
 from ..errors import GatedAttnError
+from ..fileio import read_json_object
 from .attention import Attention
 from .cache import KVCache
 from .ffn import MoE, build_ffn
@@ -153,8 +155,12 @@ class GatedLM(nn.Module):
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                  eos_token_id: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Greedy or sampled continuation with the KV cache; returns prompt + new tokens (B, T + n)."""
-        if max_new_tokens < 0 or temperature <= 0 or not 0 < top_p <= 1:
-            raise GatedAttnError("generate: need max_new_tokens >= 0, temperature > 0 and 0 < top_p <= 1")
+        check_sampling(max_new_tokens, temperature, top_p, top_k)
+        total, limit = input_ids.shape[1] + max_new_tokens, self.config.max_position_embeddings
+        if total > limit:
+            raise GatedAttnError(f"generate: the prompt ({input_ids.shape[1]} tokens) + max_new_tokens "
+                                 f"({max_new_tokens}) = {total} exceeds model.max_position_embeddings={limit}; "
+                                 "ask for fewer new tokens")
         # Inference mode skips autograd's bookkeeping on every op (per-op overhead dominates batch-1
         # decoding); the result is cloned out of it so that callers may train on it.
         with torch.inference_mode():
@@ -195,15 +201,16 @@ class GatedLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "GatedLM":
-        """Load a model saved with ``save_pretrained``, or the latest weights of a training run directory."""
+        """Load a model directory written by ``save_pretrained`` (a training run's newest checkpoint:
+        ``gatedattn.load_model(run_dir)``)."""
         from safetensors import SafetensorError
         from safetensors.torch import load_model
 
-        directory = resolve_model_dir(Path(directory))
-        try:
-            data = json.loads((directory / CONFIG_NAME).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise GatedAttnError(f"cannot read {directory / CONFIG_NAME}: {e}") from None
+        directory = Path(directory)
+        if not (directory / CONFIG_NAME).is_file() or not (directory / WEIGHTS_NAME).is_file():
+            raise GatedAttnError(f"{directory} is not a model directory (no {CONFIG_NAME} + {WEIGHTS_NAME}); "
+                                 "for a training run use gatedattn.load_model")
+        data = read_json_object(directory / CONFIG_NAME, "model config")
         data.pop("model_type", None)
         model = cls(model_config_from_dict(data))
         try:
@@ -297,20 +304,16 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor,
     return logits.view(*h.shape[:-1], -1), loss
 
 
-def resolve_model_dir(directory: Path) -> Path:
-    """A directory holding config.json + model.safetensors; a run directory resolves to its latest
-    readable checkpoint."""
-    if (directory / CONFIG_NAME).is_file() and (directory / WEIGHTS_NAME).is_file():
-        return directory
-    ckpts = directory / "checkpoints"
-    if ckpts.is_dir():
-        from ..training.checkpoint import latest_checkpoint  # a run directory written by the trainer
-
-        found = latest_checkpoint(directory)
-        if found is not None:
-            return found
-    raise GatedAttnError(f"{directory} is not a model directory (no {CONFIG_NAME} + {WEIGHTS_NAME}) "
-                         "nor a training run with a checkpoint")
+def check_sampling(max_new_tokens: int, temperature: float, top_p: float, top_k: int) -> None:
+    """One-line errors for sampling settings outside their range (NaN included)."""
+    if not max_new_tokens >= 0:
+        raise GatedAttnError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise GatedAttnError(f"temperature must be a finite number > 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise GatedAttnError(f"top_p must be in (0, 1], got {top_p}")
+    if not top_k >= 0:
+        raise GatedAttnError(f"top_k must be >= 0 (0 = no top-k cut), got {top_k}")
 
 
 def sample_next(logits: torch.Tensor, do_sample: bool, temperature: float = 1.0, top_p: float = 1.0,
@@ -329,6 +332,3 @@ def sample_next(logits: torch.Tensor, do_sample: bool, temperature: float = 1.0,
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
-
-
-__all__ = ["GatedLM", "GatedLMOutput", "KVCache", "ConfigError"]

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ..data.cache import atomic_write_text
+from ..artifacts.runs import read_jsonl
+from ..fileio import atomic_write_text
 
 log = logging.getLogger("gatedattn.training")
 
@@ -48,14 +49,7 @@ class MetricsLog:
         short by a crash."""
         if not path.is_file():
             return
-        kept = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("step", 0) <= step:
-                kept.append(line)
+        kept = [json.dumps(r) for r in read_jsonl(path) if r.get("step", 0) <= step]
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
@@ -73,7 +67,8 @@ class MetricsLog:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The records of a metrics.jsonl (damaged lines skipped)."""
+    return read_jsonl(Path(path))
 
 
 def plot_loss_curves(runs: dict[str, str | Path], out_png: str | Path) -> Path | None:

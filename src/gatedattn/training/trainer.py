@@ -1,12 +1,11 @@
-"""The training loop: ``train(config, out_dir) -> RunResult``, resumable and exactly reproducible on CPU.
+"""The Trainer: ``Trainer(config, out_dir).train() -> RunResult``, resumable and exactly reproducible on CPU.
 
-A run directory holds ``config.yaml`` (the resolved config), ``tokenizer.json``, ``data.json`` (corpus,
-split and token counts), ``environment.json`` (versions, git revision, threads, CPU, per session),
-``metrics.jsonl`` (one line per logged step; validation lines carry ``val_loss``), ``result.json``,
-``loss.png`` and ``checkpoints/step_XXXXXXX/``. Calling ``train`` again on the same directory resumes from
-the latest readable checkpoint: weights, optimizer, scheduler, RNG states, data position, spike window and
-counters are restored, and metrics lines past the checkpoint are rewritten, so an interrupted run ends with
-the same losses as an uninterrupted one.
+The run directory's files are described in ``gatedattn.artifacts.runs`` and ``.checkpoints``. Calling
+``train`` again on the same directory resumes from the newest readable checkpoint: weights, optimizer,
+scheduler, data position, RNG states, spike window and counters come back through ``load_state_dict``
+(the same object ``state_dict`` saved), and metrics lines past the checkpoint are rewritten, so an
+interrupted run ends with the same losses as an uninterrupted one. Finishing is idempotent: calling a
+finished run again completes whatever it had not written (result.json, loss.png, pruning).
 """
 
 from __future__ import annotations
@@ -16,34 +15,34 @@ import dataclasses
 import fcntl
 import json
 import math
-import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
+from ..artifacts import (DATA_INFO, ENVIRONMENT, LOSS_PLOT, METRICS, RESULT, RUN_CONFIG_NAME, RUN_CONFIG_YAML,
+                         TOKENIZER_NAME, CheckpointError, load_model, load_trainer_state, open_latest, run_file,
+                         save_checkpoint, tidy_run)
+from ..artifacts.checkpoints import checkpoint_step, prune_checkpoints
 from ..config import Config
-from ..data.cache import atomic_write_text
 from ..data.pipeline import DataBundle, prepare_data
 from ..data.sampler import EpochSampler
 from ..data.tokenizer import TextTokenizer
 from ..errors import GatedAttnError
-from ..evaluation.perplexity import autocast, evaluate_perplexity
-from ..modeling.model import WEIGHTS_NAME, GatedLM, resolve_model_dir
-from .checkpoint import (TOKENIZER_NAME, checkpoint_step, latest_checkpoint, load_trainer_state, save_checkpoint,
-                         test_pause, tidy_before_resume)
+from ..evaluation.perplexity import EvalResult, autocast, evaluate_perplexity
+from ..fileio import atomic_write_text, read_json_object
+from ..modeling.model import GatedLM
+from .callbacks import Callback
 from .metrics import MetricsLog, SpikeDetector, environment_info, log, plot_loss_curves, read_metrics
 from .optim import build_optimizer
-from .pretrained import run_file
+from .state import TrainState, rng_state, set_rng_state
 
 # Settings that may differ when a run is resumed: they change neither the model nor the data order.
 # (A new max_steps also stretches the cosine schedule from the resumed step on.)
 RESUMABLE_CHANGES = ("train.max_steps", "train.log_every", "train.eval_every", "train.eval_batches",
                      "train.checkpoint_every", "train.keep_checkpoints", "train.compile", "train.device")
-
 
 LOSS_KEYS = ("loss", "lm_loss", "aux_loss", "load_balance_loss", "z_loss")  # GatedLMOutput fields, all logged
 
@@ -62,12 +61,16 @@ class RunResult:
     checkpoint: Path | None
     spikes: int
     nonfinite_skips: int
-    resumed_from: int | None  # the step resumed from, None for a fresh run
-    tokens_per_s: float  # this session's training throughput (validation and checkpoints excluded)
+    resumed_from: int | None  # the step this session resumed from, None for a fresh run
+    tokens_per_s: float  # training throughput over the run (validation and checkpoints excluded)
     metrics_path: Path
+    model: GatedLM | None = field(default=None, repr=False)  # the trained model, on its device
+    history: list[dict] = field(default_factory=list, repr=False)  # the run's metrics.jsonl records
 
     def to_dict(self) -> dict:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+        skip = ("model", "history")
+        return {f.name: str(v) if isinstance(v := getattr(self, f.name), Path) else v
+                for f in dataclasses.fields(self) if f.name not in skip}
 
 
 def resolve_config(config: Config, tokenizer: TextTokenizer) -> Config:
@@ -93,16 +96,6 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def _check_same_run(saved_path: Path, cfg: Config, out_dir: Path) -> None:
-    saved = _flatten(yaml.safe_load(saved_path.read_text()))
-    new = _flatten(cfg.to_dict())
-    diff = [f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(saved) | set(new))
-            if saved.get(k) != new.get(k) and k not in RESUMABLE_CHANGES]
-    if diff:
-        raise GatedAttnError(f"{out_dir} holds a run with other settings ({'; '.join(diff[:4])}); resume it with "
-                             "its own settings or train into another --out")
-
-
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -111,10 +104,9 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_init_weights(model: GatedLM, init_from: str | Path) -> None:
-    """Copy a saved model's weights into ``model``; every parameter must exist with the same shape (settings
+def load_init_weights(model: GatedLM, source: GatedLM, init_from: str | Path) -> None:
+    """Copy ``source``'s weights into ``model``; every parameter must exist with the same shape (settings
     such as model.rope.* may differ: that is the long-context recipe)."""
-    source = GatedLM.from_pretrained(init_from)
     if source.config.tie_embeddings != model.config.tie_embeddings:
         raise GatedAttnError(f"--init-from {init_from}: model.tie_embeddings is {source.config.tie_embeddings} "
                              f"there but {model.config.tie_embeddings} here; the architecture must match")
@@ -129,29 +121,6 @@ def load_init_weights(model: GatedLM, init_from: str | Path) -> None:
     model.load_state_dict(theirs)
 
 
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    py_version, py_state, py_gauss = random.getstate()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                       "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-             "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _lock(out_dir: Path):
     handle = open(out_dir / ".lock", "w")
     try:
@@ -162,199 +131,313 @@ def _lock(out_dir: Path):
     return handle
 
 
-def _write_session_files(out_dir: Path, cfg: Config, bundle: DataBundle, device: torch.device, start: int,
-                         init_from: str | Path | None, n_params: int) -> None:
-    atomic_write_text(out_dir / "config.yaml", config_yaml(cfg))
-    bundle.tokenizer.save(out_dir / TOKENIZER_NAME)
-    env_path = out_dir / "environment.json"
-    sessions = json.loads(env_path.read_text())["sessions"] if env_path.is_file() and start else []
-    sessions.append({"start_step": start, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                     **environment_info(device)})
-    atomic_write_text(env_path, json.dumps({"sessions": sessions}, indent=2))
-    data_path = out_dir / "data.json"
-    if not start or not data_path.is_file():
-        info = {**bundle.info, "init_from": str(init_from) if init_from else None, "parameters": n_params}
-        atomic_write_text(data_path, json.dumps(info, indent=2))
+@dataclass
+class _Resume:
+    """What a checkpoint gives a resumed run, read and checked before anything is changed."""
+
+    path: Path
+    state: dict
+    tokenizer: TextTokenizer
+    run_config: dict  # the flattened resolved config the run was started with
 
 
-def train(config: Config, out_dir: str | Path, data: DataBundle | None = None, init_from: str | Path | None = None,
-          model: GatedLM | None = None, progress: bool = True) -> RunResult:
-    """Train (or resume training) a GatedLM as ``config`` says, writing the run into ``out_dir``.
+def _read_resume(path: Path) -> _Resume:
+    state = load_trainer_state(path)
+    tok_file = run_file(path, TOKENIZER_NAME)  # the checkpoint's own copy first
+    if tok_file is None:
+        raise CheckpointError(f"no {TOKENIZER_NAME} in the checkpoint or the run")
+    try:
+        saved = yaml.safe_load((path / RUN_CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raise CheckpointError(f"{RUN_CONFIG_NAME} is unreadable") from None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{RUN_CONFIG_NAME} holds no config")
+    return _Resume(path, state, TextTokenizer.from_file(tok_file), _flatten(saved))
+
+
+class Trainer:
+    """One training run in ``out_dir``: ``train()`` runs it to ``train.max_steps`` (resuming if it can).
 
     ``data``: a bundle from ``prepare_data(config)`` to share one tokenizer and data set across runs (with
     the same ``train.seed`` they also see the same batches in the same order). ``init_from``: a model or
-    run directory whose weights start the run (shapes must match). ``model``: a ready-built GatedLM to train
-    instead of a fresh one (its vocabulary must match the tokenizer).
+    run directory whose weights and tokenizer start the run (shapes must match). ``model``: a ready-built
+    GatedLM to train instead of a fresh one (its vocabulary must match the tokenizer). ``callbacks``: see
+    ``training.callbacks``.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lock = _lock(out_dir)
-    try:
-        return _train(config, out_dir, data, init_from, model, progress)
-    finally:
-        lock.close()
 
+    def __init__(self, config: Config, out_dir: str | Path, data: DataBundle | None = None,
+                 init_from: str | Path | None = None, model: GatedLM | None = None, progress: bool = True,
+                 callbacks: list[Callback] | tuple[Callback, ...] = ()):
+        self.requested, self.out_dir = config, Path(out_dir)
+        self.data, self.init_from, self.model, self.progress = data, init_from, model, progress
+        self.callbacks = list(callbacks)
+        self.state = TrainState()
+        self.history: list[dict] = []
+        self.resumed_from: int | None = None
+        self.checkpoint: Path | None = None
+        self.train_seconds = 0.0  # training time of the run (all sessions), validation and checkpoints excluded
 
-def _train(config, out_dir, data, init_from, model, progress) -> RunResult:
-    from tqdm.auto import tqdm
+    # -- the run --------------------------------------------------------------------------------------------
+    def train(self) -> RunResult:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        lock = _lock(self.out_dir)
+        try:
+            self._setup()
+            if self.state.step < self.config.train.max_steps:
+                self._run_steps()
+            else:
+                log.info("%s is already trained to step %d (train.max_steps=%d)", self.out_dir, self.state.step,
+                         self.config.train.max_steps)
+            return self._finish()
+        finally:
+            lock.close()
 
-    tc = config.train
-    resume = latest_checkpoint(out_dir)
-    # The tokenizer of a resumed run is its own; a run started from another model uses that model's.
-    tok_source = out_dir if resume is not None else (
-        resolve_model_dir(Path(init_from)) if init_from is not None else None)
-    tokenizer = None
-    if tok_source is not None:
-        tok_file = run_file(tok_source, TOKENIZER_NAME)
-        if tok_file is None:
-            raise GatedAttnError(f"{tok_source} has no {TOKENIZER_NAME}")
-        tokenizer = TextTokenizer.from_file(tok_file)
-    if data is None:
-        data = prepare_data(config, tokenizer)
-    else:
-        if data.config != config.data:
-            raise GatedAttnError("the data bundle was prepared with other data settings than config.data")
-        if tokenizer is not None and data.tokenizer.fingerprint() != tokenizer.fingerprint():
-            raise GatedAttnError(f"the data bundle's tokenizer differs from the one of {tok_source}")
-    if data.train is None:
-        raise GatedAttnError("the data bundle has no training split")
-    cfg = resolve_config(config, data.tokenizer)
-    if cfg.data.seq_len > cfg.model.max_position_embeddings:
-        log.warning("warning: data.seq_len=%d exceeds model.max_position_embeddings=%d", cfg.data.seq_len,
-                    cfg.model.max_position_embeddings)
-    if resume is not None and (out_dir / "config.yaml").is_file():
-        _check_same_run(out_dir / "config.yaml", cfg, out_dir)
-    tidy_before_resume(out_dir, resume)
+    def _run_steps(self) -> None:
+        from tqdm.auto import tqdm
 
-    device = pick_device(tc.device)
-    torch.manual_seed(tc.seed)
-    if model is None:
-        model = GatedLM(cfg.model)
-    elif model.config.vocab_size != cfg.model.vocab_size:
-        raise GatedAttnError(f"the model has vocab_size {model.config.vocab_size}, the tokenizer "
-                             f"{cfg.model.vocab_size} tokens")
-    if init_from is not None and resume is None:
-        load_init_weights(model, init_from)
-    model.to(device).train()
-    optimizer, scheduler = build_optimizer(model, tc)
-    sampler = EpochSampler(len(data.train), tc.seed)
-    detector = SpikeDetector(tc.spike_window, tc.spike_factor)
-    start, tokens, spikes, nonfinite_total, nonfinite_run = 0, 0, 0, 0, 0
-    if resume is not None:
-        from safetensors.torch import load_model
+        tc = self.config.train
+        self._write_session_files()
+        self.metrics = MetricsLog(self.out_dir / METRICS)
+        if self.resumed_from is not None:
+            self._log({"step": self.state.step, "event": "resume", "checkpoint": self.checkpoint.name})
+        self.forward = torch.compile(self.model) if tc.compile else self.model
+        self._interval = [0, 0.0]  # tokens and seconds since the last logged step
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        bar = tqdm(total=tc.max_steps, initial=self.state.step, desc="train", unit="step",
+                   disable=not self.progress, dynamic_ncols=True)
+        try:
+            while self.state.step < tc.max_steps:
+                record = self.train_step()
+                self.maybe_log(record, bar)
+                self.check_nonfinite()
+                self.maybe_eval()
+                self.maybe_checkpoint()
+                bar.update(1)
+                for cb in self.callbacks:
+                    cb.on_step_end(self, record)
+        finally:
+            bar.close()
+            self.metrics.close()
 
-        state = load_trainer_state(resume)
-        load_model(model, str(resume / WEIGHTS_NAME), device=str(device))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        sampler.load_state_dict(state["sampler"])
-        _set_rng_state(state["rng"])
-        detector = SpikeDetector(tc.spike_window, tc.spike_factor, state["spike_history"])
-        start, tokens = state["step"], state["tokens"]
-        c = state["counters"]
-        spikes, nonfinite_total, nonfinite_run = c["spikes"], c["nonfinite_skips"], c["nonfinite_run"]
-        log.info("resuming %s from step %d (%s)", out_dir, start, resume.name)
+    def train_step(self) -> dict:
+        """One optimizer step over ``grad_accum`` micro-batches; returns the step's numbers."""
+        tc, st = self.config.train, self.state
+        t0 = time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]
+        parts = 0.0
+        for _ in range(tc.grad_accum):
+            x = self.data.train.batch(self.sampler.next_indices(tc.batch_size)).to(self.device, non_blocking=True)
+            with autocast(self.device, tc.dtype):
+                out = self.forward(x, labels=x)
+            (out.loss / tc.grad_accum).backward()
+            parts = parts + torch.stack([getattr(out, k).detach().float() for k in LOSS_KEYS]) / tc.grad_accum
+        losses = dict(zip(LOSS_KEYS, parts.tolist()))  # one device sync per step
+        clip = tc.grad_clip if tc.grad_clip > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, clip))
+        finite = math.isfinite(losses["loss"]) and math.isfinite(grad_norm)
+        if finite:
+            self.optimizer.step()
+            st.nonfinite_run = 0
+        else:  # skip the update: the weights and optimizer state stay as they were
+            st.nonfinite_run += 1
+            st.nonfinite_skips += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        st.step += 1
+        st.tokens += self.tokens_per_step
+        spike = self.spikes.update(losses["loss"])
+        st.spikes += spike
+        st.last_loss = losses["loss"]
+        dt = time.perf_counter() - t0
+        self.train_seconds += dt
+        self._interval[0] += self.tokens_per_step
+        self._interval[1] += dt
+        if spike:
+            log.warning("warning: loss spike at step %d: %.4f (> %.2f x the median of the last %d)", st.step,
+                        losses["loss"], tc.spike_factor, tc.spike_window)
+        return {"step": st.step, **losses, "lr": lr, "tokens": st.tokens, "grad_norm": grad_norm,
+                "spike": spike, "spikes": st.spikes, "nonfinite_skips": st.nonfinite_skips}
 
-    metrics_path = out_dir / "metrics.jsonl"
-    MetricsLog.truncate(metrics_path, start)
-    last_loss = last_val = None
-    for record in read_metrics(metrics_path) if metrics_path.is_file() else []:
-        last_loss, last_val = record.get("loss", last_loss), record.get("val_loss", last_val)
-    checkpoint = resume
-    session_tokens, session_time = 0, 0.0
+    def check_nonfinite(self) -> None:
+        tc, st = self.config.train, self.state
+        if st.nonfinite_run >= tc.max_nonfinite:
+            raise TrainingError(
+                f"stopped at step {st.step}: {st.nonfinite_run} non-finite losses or gradients in a row "
+                f"(train.max_nonfinite={tc.max_nonfinite}); lower train.lr, raise train.warmup_steps or set "
+                f"train.grad_clip; last checkpoint: {self.checkpoint or 'none'}")
 
-    def result() -> RunResult:
-        return RunResult(out_dir=out_dir, steps=max(start, tc.max_steps), tokens=tokens, train_loss=last_loss,
-                         val_loss=last_val, checkpoint=checkpoint, spikes=spikes, nonfinite_skips=nonfinite_total,
-                         resumed_from=checkpoint_step(resume) if resume is not None else None,
-                         tokens_per_s=session_tokens / session_time if session_time else 0.0,
-                         metrics_path=metrics_path)
-
-    if start >= tc.max_steps:
-        log.info("%s is already trained to step %d (train.max_steps=%d)", out_dir, start, tc.max_steps)
-        return result()
-    n_params = sum(p.numel() for p in model.parameters())
-    _write_session_files(out_dir, cfg, data, device, start, init_from, n_params)
-    run_config = config_yaml(cfg)
-    metrics = MetricsLog(metrics_path)
-    if resume is not None:
-        metrics.write({"step": start, "event": "resume", "checkpoint": resume.name})
-    forward = torch.compile(model) if tc.compile else model
-    params = [p for p in model.parameters() if p.requires_grad]
-    tokens_per_step = tc.batch_size * tc.grad_accum * cfg.data.seq_len
-    interval_tokens, interval_time = 0, 0.0
-
-    def validate(step: int) -> None:
-        nonlocal last_val
-        if data.val is None or tc.eval_batches == 0:
+    def maybe_log(self, record: dict, bar=None) -> None:
+        tc, step = self.config.train, self.state.step
+        finite = record["loss"] is not None and math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])
+        if step % tc.log_every and step != tc.max_steps and not record["spike"] and finite:
             return
-        r = evaluate_perplexity(model, data.val, tc.batch_size, tc.eval_batches, tc.dtype)
-        last_val = r.loss
-        metrics.write({"step": step, "val_loss": r.loss, "val_ppl": r.perplexity, "val_tokens": r.tokens})
+        tokens, seconds = self._interval
+        record["tokens_per_s"] = tokens / seconds if seconds else 0.0
+        # The logged line keeps the order of older runs' metrics: throughput right after the token count.
+        line = {k: record[k] for k in ("step", *LOSS_KEYS, "lr", "tokens", "tokens_per_s", "grad_norm", "spike",
+                                       "spikes", "nonfinite_skips")}
+        self._log(line)
+        if bar is not None:
+            bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}",
+                            lr=f"{record['lr']:.2e}", refresh=False)
+        self._interval = [0, 0.0]
 
-    def save(step: int) -> Path:
-        state = {"step": step, "tokens": tokens, "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(), "rng": _rng_state(),
-                 "spike_history": list(detector.history),
-                 "counters": {"spikes": spikes, "nonfinite_skips": nonfinite_total, "nonfinite_run": nonfinite_run}}
-        return save_checkpoint(out_dir, step, model, data.tokenizer, run_config, state, tc.keep_checkpoints)
+    def maybe_eval(self, force: bool = False) -> EvalResult | None:
+        tc, step = self.config.train, self.state.step
+        due = (tc.eval_every and step % tc.eval_every == 0) or step == tc.max_steps
+        if not (due or force) or self.data.val is None or tc.eval_batches == 0:
+            return None
+        r = evaluate_perplexity(self.model, self.data.val, tc.batch_size, tc.eval_batches, tc.dtype)
+        self.state.last_val_loss = r.loss
+        self._log({"step": step, "val_loss": r.loss, "val_ppl": r.perplexity, "val_tokens": r.tokens})
+        for cb in self.callbacks:
+            cb.on_eval(self, r)
+        return r
 
-    bar = tqdm(total=tc.max_steps, initial=start, desc="train", unit="step", disable=not progress,
-               dynamic_ncols=True)
-    try:
-        for step in range(start, tc.max_steps):
-            t0 = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
-            parts = 0.0
-            for _ in range(tc.grad_accum):
-                x = data.train.batch(sampler.next_indices(tc.batch_size)).to(device, non_blocking=True)
-                with autocast(device, tc.dtype):
-                    out = forward(x, labels=x)
-                (out.loss / tc.grad_accum).backward()
-                parts = parts + torch.stack([getattr(out, k).detach().float() for k in LOSS_KEYS]) / tc.grad_accum
-            sums = dict(zip(LOSS_KEYS, parts.tolist()))  # one device sync per step
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else math.inf))
-            finite = math.isfinite(sums["loss"]) and math.isfinite(grad_norm)
-            if finite:
-                optimizer.step()
-                nonfinite_run = 0
-            else:  # skip the update: the weights and optimizer state stay as they were
-                nonfinite_run += 1
-                nonfinite_total += 1
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            done = step + 1
-            tokens += tokens_per_step
-            spike = detector.update(sums["loss"])
-            spikes += spike
-            dt = time.perf_counter() - t0
-            session_tokens, session_time = session_tokens + tokens_per_step, session_time + dt
-            interval_tokens, interval_time = interval_tokens + tokens_per_step, interval_time + dt
-            last_loss = sums["loss"]
-            if done % tc.log_every == 0 or done == tc.max_steps or spike or not finite:
-                tps = interval_tokens / interval_time
-                metrics.write({"step": done, **sums, "lr": lr, "tokens": tokens, "tokens_per_s": tps,
-                               "grad_norm": grad_norm, "spike": spike, "spikes": spikes,
-                               "nonfinite_skips": nonfinite_total})
-                bar.set_postfix(loss=f"{sums['loss']:.4f}", tok_s=f"{tps:,.0f}", lr=f"{lr:.2e}", refresh=False)
-                interval_tokens, interval_time = 0, 0.0
-            if spike:
-                log.warning("warning: loss spike at step %d: %.4f (> %.2f x the median of the last %d)", done,
-                            sums["loss"], tc.spike_factor, tc.spike_window)
-            if nonfinite_run >= tc.max_nonfinite:
-                raise TrainingError(
-                    f"stopped at step {done}: {nonfinite_run} non-finite losses or gradients in a row "
-                    f"(train.max_nonfinite={tc.max_nonfinite}); lower train.lr, raise train.warmup_steps or set "
-                    f"train.grad_clip; last checkpoint: {checkpoint or 'none'}")
-            if (tc.eval_every and done % tc.eval_every == 0) or done == tc.max_steps:
-                validate(done)
-            if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == tc.max_steps:
-                checkpoint = save(done)
-            bar.update(1)
-            test_pause("step", done)
-    finally:
-        bar.close()
-        metrics.close()
-    atomic_write_text(out_dir / "result.json", json.dumps(result().to_dict(), indent=2))
-    plot_loss_curves({out_dir.name: out_dir}, out_dir / "loss.png")
-    return result()
+    def maybe_checkpoint(self, force: bool = False) -> Path | None:
+        tc, step = self.config.train, self.state.step
+        if not (force or (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step == tc.max_steps):
+            return None
+        self.checkpoint = save_checkpoint(self.out_dir, step, self.model, self.data.tokenizer, self.run_config_text,
+                                          self.state_dict(), tc.keep_checkpoints)
+        for cb in self.callbacks:
+            cb.on_checkpoint(self, self.checkpoint)
+        return self.checkpoint
+
+    def _log(self, record: dict) -> None:
+        self.metrics.write(record)
+        self.history.append(record)
+
+    # -- state ----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything beside the weights that a resumed run needs (saved as trainer_state.pt)."""
+        return {**self.state.state_dict(), "train_seconds": self.train_seconds,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "sampler": self.sampler.state_dict(), "rng": rng_state(), "spike_history": list(self.spikes.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state.load_state_dict(state)
+        self.train_seconds = state.get("train_seconds", 0.0)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        tc = self.config.train
+        self.spikes = SpikeDetector(tc.spike_window, tc.spike_factor, state["spike_history"])
+
+    # -- set-up and finish ----------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        tc = self.requested.train
+        found = open_latest(self.out_dir, _read_resume)
+        resume = found[1] if found is not None else None
+        init = load_model(self.init_from) if self.init_from is not None and resume is None else None
+        if init is not None and not init.is_ours:
+            raise GatedAttnError(f"--init-from {self.init_from}: only gatedattn models can start a run")
+        # The tokenizer of a resumed run is its own; a run started from another model uses that model's.
+        tokenizer = resume.tokenizer if resume is not None else (init.require_tokenizer() if init else None)
+        if self.data is None:
+            self.data = prepare_data(self.requested, tokenizer)
+        else:
+            if self.data.config != self.requested.data:
+                raise GatedAttnError("the data bundle was prepared with other data settings than config.data")
+            if tokenizer is not None and self.data.tokenizer.fingerprint() != tokenizer.fingerprint():
+                raise GatedAttnError("the data bundle's tokenizer differs from the run's own")
+        if self.data.train is None:
+            raise GatedAttnError("the data bundle has no training split")
+        self.config = cfg = resolve_config(self.requested, self.data.tokenizer)
+        self.run_config_text = config_yaml(cfg)
+        if resume is not None:
+            self._check_same_run(resume.run_config)
+        tidy_run(self.out_dir, resume.path if resume is not None else None)
+
+        self.device = pick_device(tc.device)
+        torch.manual_seed(tc.seed)
+        if self.model is None:
+            self.model = GatedLM(cfg.model)
+        elif self.model.config.vocab_size != cfg.model.vocab_size:
+            raise GatedAttnError(f"the model has vocab_size {self.model.config.vocab_size}, the tokenizer "
+                                 f"{cfg.model.vocab_size} tokens")
+        if init is not None:
+            load_init_weights(self.model, init.model, self.init_from)
+        self.model.to(self.device).train()
+        self.optimizer, self.scheduler = build_optimizer(self.model, tc)
+        self.sampler = EpochSampler(len(self.data.train), tc.seed)
+        self.spikes = SpikeDetector(tc.spike_window, tc.spike_factor)
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
+        self.tokens_per_step = tc.batch_size * tc.grad_accum * cfg.data.seq_len
+        if resume is not None:
+            from safetensors.torch import load_model as load_weights
+
+            load_weights(self.model, str(resume.path / "model.safetensors"), device=str(self.device))
+            self.load_state_dict(resume.state)
+            self.resumed_from, self.checkpoint = checkpoint_step(resume.path), resume.path
+            log.info("resuming %s from step %d (%s)", self.out_dir, self.state.step, resume.path.name)
+
+        metrics_path = self.out_dir / METRICS
+        MetricsLog.truncate(metrics_path, self.state.step)
+        self.history = read_metrics(metrics_path) if metrics_path.is_file() else []
+        for record in self.history:  # checkpoints older than TrainState.last_* have them only here
+            if self.state.last_loss is None and "loss" in record:
+                self.state.last_loss = record["loss"]
+            if "val_loss" in record:
+                self.state.last_val_loss = record["val_loss"]
+
+    def _check_same_run(self, saved: dict) -> None:
+        new = _flatten(self.config.to_dict())
+        diff = [f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(saved) | set(new))
+                if saved.get(k) != new.get(k) and k not in RESUMABLE_CHANGES]
+        if diff:
+            raise GatedAttnError(f"{self.out_dir} holds a run with other settings ({'; '.join(diff[:4])}); resume "
+                                 "it with its own settings or train into another --out")
+
+    def _write_session_files(self) -> None:
+        out, st = self.out_dir, self.state
+        atomic_write_text(out / RUN_CONFIG_YAML, self.run_config_text)
+        self.data.tokenizer.save(out / TOKENIZER_NAME)
+        env_path = out / ENVIRONMENT
+        sessions = []
+        if st.step and env_path.is_file():
+            try:
+                sessions = list(read_json_object(env_path).get("sessions", []))
+            except GatedAttnError:
+                log.warning("warning: %s is unreadable; starting its session list anew", env_path)
+        sessions.append({"start_step": st.step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                         **environment_info(self.device)})
+        atomic_write_text(env_path, json.dumps({"sessions": sessions}, indent=2))
+        data_path = out / DATA_INFO
+        if not st.step or not data_path.is_file():
+            info = {**self.data.info, "init_from": str(self.init_from) if self.init_from else None,
+                    "parameters": sum(p.numel() for p in self.model.parameters())}
+            atomic_write_text(data_path, json.dumps(info, indent=2))
+
+    def result(self) -> RunResult:
+        st = self.state
+        return RunResult(out_dir=self.out_dir, steps=st.step, tokens=st.tokens, train_loss=st.last_loss,
+                         val_loss=st.last_val_loss, checkpoint=self.checkpoint, spikes=st.spikes,
+                         nonfinite_skips=st.nonfinite_skips, resumed_from=self.resumed_from,
+                         tokens_per_s=st.tokens / self.train_seconds if self.train_seconds else 0.0,
+                         metrics_path=self.out_dir / METRICS, model=self.model, history=self.history)
+
+    def _finish(self) -> RunResult:
+        """Complete what a finished run writes; safe to repeat (a kill after the last checkpoint leaves some
+        of it undone)."""
+        out = self.out_dir
+        prune_checkpoints(out, self.config.train.keep_checkpoints)
+        # The run-level copies a reader looks for first (they may have been lost or damaged).
+        atomic_write_text(out / RUN_CONFIG_YAML, self.run_config_text)
+        self.data.tokenizer.save(out / TOKENIZER_NAME)
+        result = self.result()
+        atomic_write_text(out / RESULT, json.dumps(result.to_dict(), indent=2))
+        plot_loss_curves({out.name: out}, out / LOSS_PLOT)
+        self.model.eval()
+        for cb in self.callbacks:
+            cb.on_train_end(self, result)
+        return result
+
+
+def train(config: Config, out_dir: str | Path, data: DataBundle | None = None, init_from: str | Path | None = None,
+          model: GatedLM | None = None, progress: bool = True,
+          callbacks: list[Callback] | tuple[Callback, ...] = ()) -> RunResult:
+    """Train (or resume, or finish) a run: ``Trainer(...).train()``; see ``Trainer`` for the arguments."""
+    return Trainer(config, out_dir, data, init_from, model, progress, callbacks).train()

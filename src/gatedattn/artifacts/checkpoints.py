@@ -1,0 +1,206 @@
+"""Checkpoints of a training run: ``RUN/checkpoints/step_XXXXXXX/``.
+
+Each holds ``config.json`` + ``model.safetensors`` (``GatedLM.save_pretrained``, so the folder is a model
+directory), ``tokenizer.json``, ``run_config.yaml`` (the run's resolved config), ``trainer_state.pt``
+(optimizer, scheduler, RNG states, data position, counters) and ``manifest.json`` (size and SHA-256 of
+every other file).
+
+Every change to the folder is a rename, so a kill at any moment leaves nothing half-done under a final
+name: a checkpoint is written into ``.tmp-step_*``, fsynced and renamed into place; an old one is renamed to
+``.trash-step_*`` before it is deleted; one that fails its manifest is renamed ``step_*.unreadable-TIME``
+(the newest few are kept for inspection). Leftover temporary and trash folders are removed at the next start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+import torch
+
+from ..errors import GatedAttnError
+from ..fileio import fsync_path
+from ..modeling.model import CONFIG_NAME, WEIGHTS_NAME
+
+log = logging.getLogger("gatedattn.artifacts")
+
+STATE_NAME, MANIFEST_NAME, TOKENIZER_NAME, RUN_CONFIG_NAME = (
+    "trainer_state.pt", "manifest.json", "tokenizer.json", "run_config.yaml")
+CHECKPOINTS_DIR = "checkpoints"
+MAX_UNREADABLE_KEPT = 3  # set-aside damaged checkpoints kept for inspection; older ones are deleted
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+_UNREADABLE = re.compile(r"^step_\d+\.unreadable-\d+$")
+T = TypeVar("T")
+
+
+class CheckpointError(GatedAttnError):
+    """A checkpoint folder that cannot be used (missing or damaged files)."""
+
+
+def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+    """``step_*`` folders of a run, newest first."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(_STEP_DIR.match(path.name).group(1))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """Why ``path`` is not a readable checkpoint, or None when every file matches its manifest."""
+    try:
+        manifest = json.loads((path / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"{MANIFEST_NAME} is missing"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return f"{MANIFEST_NAME} is unreadable"
+    if not isinstance(manifest, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("size"), int) and isinstance(v.get("sha256"), str)
+            for v in manifest.values()):
+        return f"{MANIFEST_NAME} is not a mapping of file name to size and SHA-256"
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if name not in manifest:
+            return f"{MANIFEST_NAME} does not list {name}"
+    for name, want in manifest.items():
+        file = path / name
+        try:
+            if file.stat().st_size != want["size"] or sha256_file(file) != want["sha256"]:
+                return f"{name} does not match its recorded size and SHA-256"
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except OSError as e:
+            return f"{name} is unreadable ({e.strerror})"
+    return None
+
+
+def readable_checkpoints(run_dir: str | Path) -> Iterator[Path]:
+    """Checkpoints that pass their manifest, newest first; each one that fails is reported on one line."""
+    for path in checkpoint_dirs(run_dir):
+        reason = verify_checkpoint(path)
+        if reason is None:
+            yield path
+        elif path.exists():  # not one a concurrent prune just took away
+            log.warning("warning: checkpoint %s is unreadable (%s); trying the previous one", path, reason)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest checkpoint folder of a run that passes its manifest, or None."""
+    return next(readable_checkpoints(run_dir), None)
+
+
+def open_latest(run_dir: str | Path, load: Callable[[Path], T], attempts: int = 5) -> tuple[Path, T] | None:
+    """``(folder, load(folder))`` for the newest checkpoint that verifies and loads, or None when none does.
+
+    A checkpoint that fails to load is reported and the previous one tried. Safe while the run trains: if
+    a concurrent prune takes a folder away mid-read, the listing is taken again and the newest tried anew.
+    """
+    for _ in range(attempts):
+        vanished = False
+        for path in readable_checkpoints(run_dir):
+            try:
+                return path, load(path)
+            except (GatedAttnError, OSError) as e:
+                if not path.exists():
+                    vanished = True
+                    break
+                log.warning("warning: checkpoint %s is unreadable (%s); trying the previous one", path,
+                            str(e).splitlines()[0] if str(e) else type(e).__name__)
+        if not vanished:
+            return None
+    return None
+
+
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, run_config: str, state: dict, keep: int) -> Path:
+    """Write checkpoint ``step`` atomically, then keep only the newest ``keep`` checkpoints."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:07d}"
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save(tmp / TOKENIZER_NAME)
+    (tmp / RUN_CONFIG_NAME).write_text(run_config, encoding="utf-8")
+    torch.save(state, tmp / STATE_NAME)
+    manifest = {}
+    for file in sorted(tmp.iterdir()):
+        fsync_path(file)
+        manifest[file.name] = {"size": file.stat().st_size, "sha256": sha256_file(file)}
+    (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    fsync_path(tmp / MANIFEST_NAME)
+    fsync_path(tmp)
+    os.rename(tmp, final)
+    fsync_path(root)
+    prune_checkpoints(run_dir, keep)
+    return final
+
+
+def _delete(path: Path) -> None:
+    """Remove a folder so that a kill at any point leaves no half folder under a name anyone reads."""
+    trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    for old in checkpoint_dirs(run_dir)[keep:]:
+        _delete(old)
+
+
+def tidy_run(run_dir: Path, resume_from: Path | None) -> None:
+    """Before a run (re)starts: delete temporary and trash folders a killed process left, set aside (rename)
+    checkpoints newer than the one resumed from (they are unreadable; their step will be written again),
+    and keep only the newest ``MAX_UNREADABLE_KEPT`` of those set aside."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return
+    for leftover in [*root.glob(".tmp-step_*"), *root.glob(".trash-step_*")]:
+        log.info("removing %s, left by an interrupted write or delete", leftover)
+        shutil.rmtree(leftover, ignore_errors=True)
+    start = checkpoint_step(resume_from) if resume_from is not None else -1
+    moved = []
+    for path in checkpoint_dirs(run_dir):
+        if checkpoint_step(path) > start:
+            aside = path.with_name(f"{path.name}.unreadable-{time.time_ns()}")
+            path.rename(aside)
+            moved.append(path.name)
+    if not moved:
+        return
+    unreadable = sorted((p for p in root.iterdir() if _UNREADABLE.match(p.name)),
+                        key=lambda p: int(p.name.rsplit("-", 1)[1]), reverse=True)
+    for old in unreadable[MAX_UNREADABLE_KEPT:]:
+        _delete(old)
+    log.warning("warning: set aside unreadable checkpoint(s) %s as *.unreadable-*; %s now holds %d such "
+                "(the newest %d are kept, older ones deleted)", ", ".join(moved), root,
+                min(len(unreadable), MAX_UNREADABLE_KEPT), MAX_UNREADABLE_KEPT)
+
+
+def load_trainer_state(path: Path) -> dict:
+    """The trainer state of a checkpoint; a file that does not unpickle is a CheckpointError."""
+    try:
+        state = torch.load(path / STATE_NAME, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{STATE_NAME} is missing") from None
+    except Exception as e:  # torch.load raises many types (UnpicklingError, RuntimeError, EOFError, ...)
+        raise CheckpointError(f"{STATE_NAME} cannot be loaded ({type(e).__name__})") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"{STATE_NAME} holds no trainer state")
+    return state
