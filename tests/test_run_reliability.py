@@ -7,6 +7,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,36 @@ def test_a_reader_survives_a_prune_that_takes_its_checkpoint_away(finished, tmp_
     path, model = open_latest(run, load)
     assert calls == ["step_0000012", "step_0000016"] and path.name == "step_0000016"
     assert isinstance(model, GatedLM)
+
+
+_TRAINER = """
+import json, sys
+import torch
+from gatedattn import load_config
+from gatedattn.training import train
+torch.set_num_threads(1)
+train(load_config("tiny", json.loads(sys.argv[1])), sys.argv[2], progress=False)
+"""
+
+
+def test_reading_a_run_while_it_checkpoints_and_prunes_every_step(corpus, tmp_path):
+    run = tmp_path / "live"
+    overrides = {**SETTINGS, "data.source": str(corpus), "train.max_steps": 400, "train.checkpoint_every": 1,
+                 "train.keep_checkpoints": 1, "train.eval_every": 0, "train.eval_batches": 0}
+    proc = subprocess.Popen([sys.executable, "-c", _TRAINER, json.dumps(overrides), str(run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 120
+        while not checkpoint_dirs(run) and time.time() < deadline:
+            time.sleep(0.05)
+        steps = []
+        for _ in range(8):  # each read races the trainer's write + prune of the next step
+            assert proc.poll() is None, "the trainer finished before the reads were done"
+            steps.append(int(load_model(run).path.name.split("_")[1]))
+        assert steps == sorted(steps) and steps[-1] > steps[0]
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_set_aside_checkpoints_are_counted_and_capped(finished, corpus, tmp_path, caplog):

@@ -7,7 +7,7 @@ Run directories and their files (``runs``), checkpoints with manifests, atomic w
 from ..modeling.model import CONFIG_NAME, WEIGHTS_NAME
 from .checkpoints import (MANIFEST_NAME, RUN_CONFIG_NAME, STATE_NAME, TOKENIZER_NAME, CheckpointError,
                           checkpoint_dirs, checkpoint_step, latest_checkpoint, load_trainer_state, open_latest,
-                          readable_checkpoints, save_checkpoint, tidy_run, verify_checkpoint)
+                          save_checkpoint, tidy_run, verify_checkpoint)
 from .loading import (ALIASES, HFTokenizer, LoadedModel, Tokenizer, is_model_dir, is_ours, load_model,
                       resolve_model_dir, run_file)
 from .runs import DATA_INFO, ENVIRONMENT, LOSS_PLOT, METRICS, RESULT, RUN_CONFIG_YAML, read_jsonl
@@ -16,5 +16,5 @@ __all__ = ["ALIASES", "CONFIG_NAME", "CheckpointError", "DATA_INFO", "ENVIRONMEN
            "LoadedModel", "MANIFEST_NAME", "METRICS", "RESULT", "RUN_CONFIG_NAME", "RUN_CONFIG_YAML", "STATE_NAME",
            "TOKENIZER_NAME", "Tokenizer", "WEIGHTS_NAME", "checkpoint_dirs", "checkpoint_step", "is_model_dir",
            "is_ours", "latest_checkpoint", "load_model", "load_trainer_state", "open_latest", "read_jsonl",
-           "readable_checkpoints", "resolve_model_dir", "run_file", "save_checkpoint", "tidy_run",
+           "resolve_model_dir", "run_file", "save_checkpoint", "tidy_run",
            "verify_checkpoint"]

@@ -21,7 +21,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, TypeVar
 
 import torch
 
@@ -92,41 +92,35 @@ def verify_checkpoint(path: Path) -> str | None:
     return None
 
 
-def readable_checkpoints(run_dir: str | Path) -> Iterator[Path]:
-    """Checkpoints that pass their manifest, newest first; each one that fails is reported on one line."""
-    for path in checkpoint_dirs(run_dir):
-        reason = verify_checkpoint(path)
-        if reason is None:
-            yield path
-        elif path.exists():  # not one a concurrent prune just took away
+def open_latest(run_dir: str | Path, load: Callable[[Path], T], attempts: int = 5) -> tuple[Path, T] | None:
+    """``(folder, load(folder))`` for the newest checkpoint that passes its manifest and loads, or None.
+
+    Each one that fails is reported on one line and the previous one tried. Safe while the run trains: when
+    a concurrent prune takes a folder away mid-read, the folders are listed again (newer ones may exist by
+    then) instead of falling back to ever older ones that are being pruned too.
+    """
+    for _ in range(attempts):
+        raced = False
+        for path in checkpoint_dirs(run_dir):
+            reason = verify_checkpoint(path)
+            if reason is None:
+                try:
+                    return path, load(path)
+                except (GatedAttnError, OSError) as e:
+                    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if not path.exists():
+                raced = True
+                break
             log.warning("warning: checkpoint %s is unreadable (%s); trying the previous one", path, reason)
+        if not raced:
+            return None
+    return None
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest checkpoint folder of a run that passes its manifest, or None."""
-    return next(readable_checkpoints(run_dir), None)
-
-
-def open_latest(run_dir: str | Path, load: Callable[[Path], T], attempts: int = 5) -> tuple[Path, T] | None:
-    """``(folder, load(folder))`` for the newest checkpoint that verifies and loads, or None when none does.
-
-    A checkpoint that fails to load is reported and the previous one tried. Safe while the run trains: if
-    a concurrent prune takes a folder away mid-read, the listing is taken again and the newest tried anew.
-    """
-    for _ in range(attempts):
-        vanished = False
-        for path in readable_checkpoints(run_dir):
-            try:
-                return path, load(path)
-            except (GatedAttnError, OSError) as e:
-                if not path.exists():
-                    vanished = True
-                    break
-                log.warning("warning: checkpoint %s is unreadable (%s); trying the previous one", path,
-                            str(e).splitlines()[0] if str(e) else type(e).__name__)
-        if not vanished:
-            return None
-    return None
+    found = open_latest(run_dir, lambda path: path)
+    return found[0] if found is not None else None
 
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, run_config: str, state: dict, keep: int) -> Path:
