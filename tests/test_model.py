@@ -145,7 +145,13 @@ def test_gate_forced_to_one_reproduces_the_ungated_model(position, fused):
         state[f"layers.{layer}.attn.gate.bias"].fill_(1.0)  # identity(0·x + 1) = 1 exactly
     gated.load_state_dict(state)
     x = torch.randint(0, 256, (2, 11))
-    assert torch.equal(gated(x).logits, base(x).logits)
+    with torch.no_grad():  # under autograd the projections run as one matmul, whose width differs
+        got, want = gated(x).logits, base(x).logits
+    if fused and position in ("g1", "g4"):
+        # The widened q_proj is a matmul of another shape: the BLAS may block its sums differently.
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-14)
+    else:
+        assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("position", ["g1", "g2", "g4"])

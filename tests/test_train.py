@@ -365,3 +365,34 @@ def test_cli_train_eval_generate(corpus, tmp_path, capsys):
     assert capsys.readouterr().out == first  # seeded sampling is reproducible
     assert main(["generate", str(tmp_path / "nothing"), "--prompt", "x"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_callbacks_see_every_step_eval_checkpoint_and_the_end(corpus, tmp_path):
+    from gatedattn.training import Callback
+
+    seen = []
+
+    class Record(Callback):
+        def on_train_start(self, trainer):
+            seen.append(("start", trainer.state.step))
+
+        def on_step_end(self, trainer, record):
+            seen.append(("step", record["step"]))
+
+        def on_eval(self, trainer, result):
+            seen.append(("eval", trainer.state.step, round(result.loss, 6)))
+
+        def on_checkpoint(self, trainer, path):
+            seen.append(("checkpoint", path.name))
+
+        def on_train_end(self, trainer, result):
+            seen.append(("end", result.steps))
+
+    cfg = _config(corpus, **{"train.max_steps": 4, "train.eval_every": 2, "train.checkpoint_every": 3})
+    r = train(cfg, tmp_path, progress=False, callbacks=[Record()])
+    vals = {x["step"]: round(x["val_loss"], 6) for x in r.history if "val_loss" in x}
+    assert seen == [("start", 0), ("step", 1), ("eval", 2, vals[2]), ("step", 2), ("checkpoint", "step_0000003"),
+                    ("step", 3), ("eval", 4, vals[4]), ("checkpoint", "step_0000004"), ("step", 4), ("end", 4)]
+    seen.clear()
+    train(cfg, tmp_path, progress=False, callbacks=[Record()])  # finished: only the end
+    assert seen == [("end", 4)]
