@@ -265,3 +265,11 @@ def _ids_file(tmp_path) -> Path:
     path = tmp_path / "ids.txt"
     path.write_text(" ".join(str(i) for i in range(1, 20)))
     return path
+
+
+def test_asking_for_cuda_without_one_creates_nothing(corpus, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(GatedAttnError, match="no CUDA device"):
+        train(_config(corpus, **{"train.device": "cuda"}), tmp_path / "never", progress=False)
+    assert not (tmp_path / "never").exists()

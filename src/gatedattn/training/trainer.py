@@ -179,6 +179,7 @@ class Trainer:
 
     # -- the run --------------------------------------------------------------------------------------------
     def train(self) -> RunResult:
+        self.device = pick_device(self.requested.train.device)  # before anything is created on disk
         self.out_dir.mkdir(parents=True, exist_ok=True)
         lock = _lock(self.out_dir)
         try:
@@ -351,7 +352,6 @@ class Trainer:
             self._check_same_run(resume.run_config)
         tidy_run(self.out_dir, resume.path if resume is not None else None)
 
-        self.device = pick_device(tc.device)
         torch.manual_seed(tc.seed)
         if self.model is None:
             self.model = GatedLM(cfg.model)
