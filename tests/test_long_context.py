@@ -33,7 +33,7 @@ def _lm(model, eos=None) -> LongContextLM:
 
 def _model(scaling, **extra):
     cfg = load_config("tiny", {"model.rope.scaling": scaling, "model.max_position_embeddings": ORIGINAL,
-                               **{f"model.{k}": v for k, v in extra.items()}}).model
+                               "data.seq_len": ORIGINAL, **{f"model.{k}": v for k, v in extra.items()}}).model
     return GatedLM(cfg).double().eval()
 
 
@@ -129,9 +129,9 @@ def test_length_specs():
 
 def test_rope_change_fills_the_trained_context_and_refuses_bad_input():
     lm = _lm(_model(None))
-    assert rope_change(lm, None, "yarn", 4.0) == {"rope_type": "yarn", "factor": 4.0,
-                                                  "original_max_position_embeddings": ORIGINAL}
-    assert rope_change(lm, None, "{rope_type: yarn, factor: 2, beta_fast: 16}", None, 64)["beta_fast"] == 16
+    assert rope_change(lm, None, "yarn", 4.0).to_hf_dict() == {"rope_type": "yarn", "factor": 4.0,
+                                                               "original_max_position_embeddings": ORIGINAL}
+    assert rope_change(lm, None, "{rope_type: yarn, factor: 2, beta_fast: 16}", None, 64).beta_fast == 16
     for args, message in [((None, "yarn"), "needs --factor"), ((None, "yarm", 2.0), "allowed: linear"),
                           ((None, None, 2.0), "need --rope-scaling"), ((-1.0, None), "must be positive"),
                           ((None, "llama3", 2.0), "low_freq_factor is required")]:

@@ -26,13 +26,13 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from ..config import DataConfig, _validate_rope_scaling, model_config_from_dict, parse_value
+from ..config import ROPE_TYPES, DataConfig, RopeScalingConfig, model_config_from_dict, parse_value
 from ..errors import GatedAttnError
 from ..modeling.cache import KVCache
 from ..modeling.model import CONFIG_NAME, GatedLM
 from .ruler import TASKS, make_sample, parse_tasks, score
 
-SCALED_TYPES = ("linear", "dynamic", "yarn", "llama3")
+SCALED_TYPES = tuple(t for t in ROPE_TYPES if t != "default")
 ORIGINAL_KEY = "original_max_position_embeddings"
 
 
@@ -112,13 +112,15 @@ def load_lm(name_or_path: str) -> LongContextLM:
                          cfg.max_position_embeddings)
 
 
-def rope_change(lm: LongContextLM, theta: float | None = None, scaling: str | dict | None = None,
-                factor: float | None = None, original: int | None = None) -> dict | None:
-    """The RoPE scaling to apply, in the HF vocabulary, completed and checked; None = keep the model's.
+def rope_change(lm: LongContextLM, theta: float | None = None,
+                scaling: str | dict | RopeScalingConfig | None = None, factor: float | None = None,
+                original: int | None = None) -> RopeScalingConfig | None:
+    """The RoPE scaling to apply, completed and checked; None = keep the model's.
 
-    ``scaling`` is a type name (linear, dynamic, yarn, llama3) or a mapping of HF ``rope_scaling`` keys;
-    ``factor`` and ``original`` fill ``factor`` and ``original_max_position_embeddings`` (default: the
-    context the model was trained at: our run's data.seq_len, or max_position_embeddings).
+    ``scaling`` is a type name (linear, dynamic, yarn, llama3), a mapping of HF ``rope_scaling`` keys (or
+    its YAML text) or a RopeScalingConfig; ``factor`` and ``original`` fill ``factor`` and
+    ``original_max_position_embeddings`` (default: the context the model was trained at: our run's
+    data.seq_len, or max_position_embeddings).
     """
     if theta is not None and not theta > 0:
         raise GatedAttnError(f"--rope-theta must be positive, got {theta}")
@@ -126,7 +128,9 @@ def rope_change(lm: LongContextLM, theta: float | None = None, scaling: str | di
         if factor is not None or original is not None:
             raise GatedAttnError("--factor and --original-max-position-embeddings need --rope-scaling TYPE")
         return None
-    if isinstance(scaling, str):
+    if isinstance(scaling, RopeScalingConfig):
+        scaling = scaling.to_hf_dict()
+    elif isinstance(scaling, str):
         parsed = parse_value(scaling)
         scaling = parsed if isinstance(parsed, dict) else {"rope_type": scaling}
     s = dict(scaling)
@@ -142,11 +146,10 @@ def rope_change(lm: LongContextLM, theta: float | None = None, scaling: str | di
         s[ORIGINAL_KEY] = original
     if rope_type != "linear":
         s.setdefault(ORIGINAL_KEY, lm.trained_context)
-    _validate_rope_scaling(s)
-    return s
+    return RopeScalingConfig.from_hf_dict(s)
 
 
-def apply_rope(lm: LongContextLM, theta: float | None, scaling: dict | None) -> LongContextLM:
+def apply_rope(lm: LongContextLM, theta: float | None, scaling: RopeScalingConfig | None) -> LongContextLM:
     """``lm`` with another RoPE base and/or scaling (weights unchanged); the identity when both are None."""
     if theta is None and scaling is None:
         return lm
@@ -155,7 +158,7 @@ def apply_rope(lm: LongContextLM, theta: float | None, scaling: dict | None) -> 
         if theta is not None:
             cfg["rope"]["theta"] = theta
         if scaling is not None:
-            cfg["rope"]["scaling"] = scaling
+            cfg["rope"]["scaling"] = dataclasses.asdict(scaling)
         param = next(lm.model.parameters())
         model = GatedLM(model_config_from_dict(cfg)).to(device=param.device, dtype=param.dtype)
         model.load_state_dict(lm.model.state_dict())
@@ -168,10 +171,11 @@ def apply_rope(lm: LongContextLM, theta: float | None, scaling: dict | None) -> 
 
 
 def rope_description(lm: LongContextLM) -> dict:
+    """The model's RoPE as plain data (scaling in HF's ``rope_scaling`` vocabulary, None = plain RoPE)."""
     if lm.is_ours:
         r = lm.model.config.rope
         return {"rope_theta": r.theta, "partial_rotary_factor": r.partial_rotary_factor,
-                "scaling": r.scaling}
+                "scaling": r.scaling.to_hf_dict() if r.scaling is not None else None}
     params = dict(getattr(lm.model.config, "rope_parameters", None) or {})
     return {"rope_theta": params.pop("rope_theta", None),
             "partial_rotary_factor": params.pop("partial_rotary_factor", 1.0),
@@ -306,7 +310,8 @@ def validation_text(source: str, val_fraction: float) -> str:
 
 def long_eval(model: str | LongContextLM, lengths: list[int], tasks: list[str], samples: int = 5,
               ppl_samples: int | None = None, text: str | None = None, seed: int = 0, chunk_size: int = 1024,
-              rope_theta: float | None = None, rope_scaling: str | dict | None = None,
+              rope_theta: float | None = None,
+              rope_scaling: str | dict | RopeScalingConfig | None = None,
               factor: float | None = None, original_max_position_embeddings: int | None = None,
               max_new_tokens: int | None = None, out_dir: str | Path | None = None,
               progress: bool = True) -> dict:

@@ -219,9 +219,6 @@ def _train(config, out_dir, data, init_from, model, progress) -> RunResult:
     if data.train is None:
         raise GatedAttnError("the data bundle has no training split")
     cfg = resolve_config(config, data.tokenizer)
-    if cfg.data.seq_len > cfg.model.max_position_embeddings:
-        log.warning("warning: data.seq_len=%d exceeds model.max_position_embeddings=%d", cfg.data.seq_len,
-                    cfg.model.max_position_embeddings)
     if resume is not None and (out_dir / "config.yaml").is_file():
         _check_same_run(out_dir / "config.yaml", cfg, out_dir)
     tidy_before_resume(out_dir, resume)
