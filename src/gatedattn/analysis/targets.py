@@ -91,7 +91,7 @@ def load_analysis_target(name_or_path: str) -> AnalysisTarget:
         return _load_hf(name_or_path, str(path.parent), path.name)
     if path.is_dir():
         config = path / CONFIG_NAME
-        if (path / "checkpoints").is_dir() or _model_type(config) == "gatedattn":
+        if (path / "checkpoints").is_dir() or config_model_type(config) == "gatedattn":
             return _load_ours(name_or_path, path)
         if config.is_file():
             return _load_hf(name_or_path, str(path))
@@ -100,7 +100,8 @@ def load_analysis_target(name_or_path: str) -> AnalysisTarget:
                          "directory, or a .gguf file")
 
 
-def _model_type(config: Path) -> str | None:
+def config_model_type(config: Path) -> str | None:
+    """The ``model_type`` of a config.json ("gatedattn" for ours); None when it is missing or unreadable."""
     try:
         return json.loads(config.read_text()).get("model_type")
     except (OSError, ValueError, AttributeError):
