@@ -36,7 +36,7 @@ def child(method: str, tokens: int, preset: str, threads: int) -> dict:
     """One measurement in this (fresh) process: seconds, peak extra memory, per-layer first-token share."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg = load_config(preset, {"model.max_position_embeddings": tokens}).model
+    cfg = load_config(preset, {"model.max_position_embeddings": tokens, "data.seq_len": tokens}).model
     model = harness.hf_peer(cfg, implementation="eager" if method == "output_attentions" else "sdpa").eval()
     ids = torch.randint(0, cfg.vocab_size, (1, tokens))
     before = _rss_bytes()

@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
-from gatedattn import ConfigError, load_config
+from gatedattn import ConfigError, GatedLM, load_config
 from gatedattn.cli.main import main
+from gatedattn.config import PRESETS, Config, RopeScalingConfig, build, parse_overrides
 from gatedattn.modeling.stats import model_stats
 
 
@@ -53,7 +54,7 @@ def test_overrides_and_yaml_base(tmp_path):
     f.write_text("base: tiny\nmodel:\n  attention:\n    gate: {position: g2, granularity: headwise}\n")
     cfg = load_config(str(f), {"model.rope.scaling.rope_type": "yarn", "model.rope.scaling.factor": 4})
     assert cfg.model.attention.gate.position == "g2" and cfg.model.attention.gate.granularity == "headwise"
-    assert cfg.model.d_model == 64 and cfg.model.rope.scaling == {"rope_type": "yarn", "factor": 4}
+    assert cfg.model.d_model == 64 and cfg.model.rope.scaling == RopeScalingConfig("yarn", factor=4.0)
 
 
 @pytest.mark.parametrize("overrides, fragment", [
@@ -64,6 +65,22 @@ def test_overrides_and_yaml_base(tmp_path):
     ({"model.attention.gate.position": "g5", "model.attention.gate.granularity": "headwise"}, "g5"),
     ({"model.d_model": "wide"}, "must be an integer"),
     ({"model.rope.scaling.rope_type": "yarn"}, "factor must be a number"),
+    ({"model.rope.scaling.factor": 2}, "rope_type is required; allowed: default, linear, dynamic, yarn, llama3"),
+    ({"model.rope.scaling.rope_type": "ntk"}, "rope_type='ntk' is not allowed; allowed: default, linear"),
+    ({"model.rope.scaling": {"rope_type": "llama3", "factor": 8}}, "low_freq_factor is required"),
+    ({"model.rope.scaling": {"rope_type": "yarn", "factor": 4, "beta": 1}}, "unknown config key "
+                                                                           "'model.rope.scaling.beta'"),
+    ({"model.rope.scaling": {"type": "yarn", "rope_type": "linear", "factor": 2}}, "give one of them"),
+    ({"model.rope.scaling": "yarn"}, "model.rope.scaling must be a mapping"),
+    ({"model.d_model": float("nan")}, "model.d_model must be a finite number, got nan"),
+    ({"model.attention.num_heads": float("inf")}, "must be a finite number, got inf"),
+    ({"train.lr": float("nan")}, "train.lr must be a finite number, got nan"),
+    ({"train.lr": float("-inf")}, "train.lr must be a finite number"),
+    ({"train.lr": "nan"}, "train.lr must be a number, got 'nan'"),
+    ({"model.rope.scaling": {"rope_type": "yarn", "factor": float("inf")}}, "factor must be a finite number"),
+    ({"train.dtype": "float16"}, "train.dtype='float16' is not allowed; allowed: float32, bfloat16"),
+    ({"data.seq_len": 4096}, "data.seq_len=4096 exceeds model.max_position_embeddings=2048; lower data.seq_len "
+                             "or set model.max_position_embeddings >= 4096"),
     ({"model.moe.num_experts": 4, "model.moe.top_k": 5}, "top_k"),
 ])
 def test_bad_configs_fail_with_a_clear_message(overrides, fragment):
@@ -81,3 +98,104 @@ def test_info_json_and_bad_input_exit_code(capsys):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "allowed: elementwise, headwise" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# -- numbers, RoPE scaling as a typed section, and bad input through the real CLI ---------------------------
+
+def test_floats_in_every_common_spelling_from_set_and_yaml(tmp_path):
+    expected = {"lr": 3e-4, "weight_decay": 1e5, "grad_clip": 1e3, "min_lr_ratio": 0.5}
+    cfg = load_config("tiny", parse_overrides(["train.lr=3e-4", "train.weight_decay=1E5", "train.grad_clip=1e+3",
+                                               "train.min_lr_ratio=.5", "train.max_steps=1e2"]))
+    assert {k: getattr(cfg.train, k) for k in expected} == expected and cfg.train.max_steps == 100
+    f = tmp_path / "c.yaml"
+    f.write_text("base: tiny\ntrain: {lr: 3e-4, weight_decay: 1E5, grad_clip: 1e+3, min_lr_ratio: .5}\n"
+                 "model: {rope: {scaling: {rope_type: yarn, factor: 4e0}}}\n")
+    cfg = load_config(str(f))
+    assert {k: getattr(cfg.train, k) for k in expected} == expected and cfg.model.rope.scaling.factor == 4.0
+    with pytest.raises(ConfigError, match="model.d_model must be an integer, got '6.45e1'"):
+        load_config("tiny", parse_overrides(["model.d_model=6.45e1"]))
+
+
+def test_rope_scaling_is_typed_and_speaks_hf_at_the_boundary():
+    cfg = load_config("tiny", parse_overrides(["model.rope.scaling.type=yarn", "model.rope.scaling.factor=4",
+                                               "model.rope.scaling.beta_fast=16"]))
+    scaling = cfg.model.rope.scaling
+    assert isinstance(scaling, RopeScalingConfig) and scaling.rope_type == "yarn" and scaling.beta_fast == 16.0
+    assert scaling.to_hf_dict() == {"rope_type": "yarn", "factor": 4.0, "beta_fast": 16.0}
+    assert RopeScalingConfig.from_hf_dict({"type": "linear", "factor": 2}) == RopeScalingConfig("linear", 2.0)
+    assert cfg.to_dict()["model"]["rope"]["scaling"] == scaling.to_hf_dict()  # config.yaml lists the set keys
+    assert load_config(cfg.to_dict()) == cfg
+    assert build(Config, cfg) == cfg
+    with pytest.raises(ConfigError, match="factor must be a number >= 1"):  # an instance is checked too
+        load_config("tiny", {"model.rope.scaling": RopeScalingConfig("yarn", factor=0.5)})
+
+
+def test_saved_model_configs_round_trip_old_and_new(tmp_path):
+    cfg = load_config("tiny", {"model.rope.scaling": {"rope_type": "llama3", "factor": 8, "low_freq_factor": 1,
+                                                      "high_freq_factor": 4,
+                                                      "original_max_position_embeddings": 64}}).model
+    GatedLM(cfg).save_pretrained(tmp_path / "new")
+    assert GatedLM.from_pretrained(tmp_path / "new").config == cfg
+    saved = json.loads((tmp_path / "new" / "config.json").read_text())
+    saved["rope"]["scaling"] = {"type": "llama3", "factor": 8, "low_freq_factor": 1, "high_freq_factor": 4,
+                                "original_max_position_embeddings": 64}  # as older versions wrote it
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
+    (tmp_path / "old" / "model.safetensors").write_bytes((tmp_path / "new" / "model.safetensors").read_bytes())
+    assert GatedLM.from_pretrained(tmp_path / "old").config == cfg
+
+
+def test_every_preset_loads_within_its_context():
+    for name in PRESETS:
+        cfg = load_config(name)
+        assert cfg.data.seq_len <= cfg.model.max_position_embeddings
+
+
+def _cli(*argv):
+    proc = subprocess.run([sys.executable, "-m", "gatedattn.cli.main", *map(str, argv)], capture_output=True,
+                          text=True)
+    return proc.returncode, proc.stderr
+
+
+def _bad_config_files(tmp_path):
+    (tmp_path / "list.yaml").write_text("[1, 2]\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text('"x"')
+    for name, text in {"empty-list.yaml": "[]", "false.yaml": "false", "base-list.yaml": "base: [tiny]"}.items():
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["info", "tiny", "--set", "train.lr=.nan"], "train.lr must be a finite number, got nan"),
+    (["info", "tiny", "--set", "model.d_model=.inf"], "model.d_model must be a finite number, got inf"),
+    (["info", "tiny", "--seq-len", "-3"], "--seq-len must be a positive integer, got -3"),
+    (["info", "tiny", "--set", "data.seq_len=4096"], "data.seq_len=4096 exceeds model.max_position_embeddings"),
+    (["info", "{tmp}/list.yaml"], "list.yaml must hold a mapping (a JSON object) at the top level, got list"),
+    (["info", "{tmp}/run"], "config.json must hold a mapping (a JSON object) at the top level, got str 'x'"),
+])
+def test_cli_refuses_bad_numbers_and_files_in_one_line(tmp_path, argv, message):
+    tmp = _bad_config_files(tmp_path)
+    code, err = _cli(*(a.format(tmp=tmp) for a in argv))
+    assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["info", "tiny", "--set", "model.d_model=.nan"], "model.d_model must be a finite number, got nan"),
+    (["info", "tiny", "--set", "train.lr=.inf"], "train.lr must be a finite number, got inf"),
+    (["info", "tiny", "--seq-len", "0"], "--seq-len must be a positive integer, got 0"),
+    (["info", "tiny", "--set", "model.rope.scaling.rope_type=ntk"], "allowed: default, linear, dynamic, yarn"),
+    (["info", "{tmp}/empty-list.yaml"], "at the top level, got list []"),
+    (["info", "{tmp}/false.yaml"], "at the top level, got bool False"),
+    (["info", "{tmp}/base-list.yaml"], "base=['tiny'] is not a preset; presets: tiny"),
+])
+def test_main_refuses_bad_input_in_one_line(tmp_path, capsys, argv, message):
+    tmp = _bad_config_files(tmp_path)
+    code = main([a.format(tmp=tmp) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_cli_accepts_exponent_floats():
+    code, err = _cli("info", "tiny", "--set", "train.lr=3e-4", "--set", "model.initializer_range=2E-2", "--json")
+    assert code == 0, err

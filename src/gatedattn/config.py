@@ -9,24 +9,25 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import json
+import math
+import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import yaml
 
 from .errors import ConfigError
 
-
-def _choice(default: str, choices: tuple[str, ...], doc: str = "") -> Any:
-    return field(default=default, metadata={"choices": choices, "doc": doc})
-
-
-GATE_POSITIONS = ("none", "g1", "g2", "g3", "g4", "g5")
-GATE_ACTIVATIONS = ("sigmoid", "silu", "ns_sigmoid", "identity")
-ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
+# Closed vocabularies: a field typed with one of these accepts only its values (the error lists them).
+GatePosition = Literal["none", "g1", "g2", "g3", "g4", "g5"]
+GateActivation = Literal["sigmoid", "silu", "ns_sigmoid", "identity"]
+RopeType = Literal["default", "linear", "dynamic", "yarn", "llama3"]
+GATE_POSITIONS: tuple[str, ...] = typing.get_args(GatePosition)
+GATE_ACTIVATIONS: tuple[str, ...] = typing.get_args(GateActivation)
+ROPE_TYPES: tuple[str, ...] = typing.get_args(RopeType)
 
 
 @dataclass
@@ -37,25 +38,68 @@ class GateConfig:
     g3: keys after k_proj; g4: queries after q_proj; g5: the attention output after o_proj.
     """
 
-    position: str = _choice("none", GATE_POSITIONS)
-    granularity: str = _choice("elementwise", ("elementwise", "headwise"))
+    position: GatePosition = "none"
+    granularity: Literal["elementwise", "headwise"] = "elementwise"
     shared_across_heads: bool = False
-    combine: str = _choice("multiply", ("multiply", "add"))
-    activation: str = _choice("sigmoid", GATE_ACTIVATIONS)
+    combine: Literal["multiply", "add"] = "multiply"
+    activation: GateActivation = "sigmoid"
     input_dependent: bool = True
     bias: bool = False
-    init: str = _choice("normal", ("normal", "zeros"), "normal = N(0, initializer_range) like q_proj")
+    init: Literal["normal", "zeros"] = "normal"  # normal = N(0, initializer_range) like q_proj
     # g1/g4 only: produce the gate logits by widening q_proj (one matmul) instead of a separate projection.
     fused: bool = True
+
+
+@dataclass
+class RopeScalingConfig:
+    """RoPE scaling with the keys and meaning of HF's ``rope_scaling`` (``rope_parameters``) dict.
+
+    None means the HF default of that key: ``original_max_position_embeddings`` = the model's
+    ``max_position_embeddings``; YaRN ``beta_fast`` 32, ``beta_slow`` 1, ``truncate`` true and
+    ``attention_factor`` from ``mscale`` / ``mscale_all_dim`` (else 0.1 ln(factor) + 1).
+    """
+
+    rope_type: RopeType
+    factor: float | None = None  # required for every type but default
+    original_max_position_embeddings: int | None = None
+    attention_factor: float | None = None  # yarn
+    beta_fast: float | None = None  # yarn
+    beta_slow: float | None = None  # yarn
+    mscale: float | None = None  # yarn
+    mscale_all_dim: float | None = None  # yarn
+    truncate: bool | None = None  # yarn
+    low_freq_factor: float | None = None  # llama3 (required)
+    high_freq_factor: float | None = None  # llama3 (required)
+
+    KEY_ALIASES: ClassVar[dict[str, str]] = {"type": "rope_type"}  # HF's legacy name, accepted on input
+
+    def validate(self) -> None:
+        if self.rope_type != "default" and (self.factor is None or self.factor < 1):
+            raise ConfigError(f"model.rope.scaling.factor must be a number >= 1 for rope_type={self.rope_type}, "
+                              f"got {self.factor}")
+        if self.original_max_position_embeddings is not None and self.original_max_position_embeddings < 1:
+            raise ConfigError("model.rope.scaling.original_max_position_embeddings must be a positive integer, "
+                              f"got {self.original_max_position_embeddings}")
+        if self.rope_type == "llama3":
+            for key in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+                if getattr(self, key) is None:
+                    raise ConfigError(f"model.rope.scaling.{key} is required for rope_type=llama3")
+
+    def to_hf_dict(self) -> dict:
+        """HF's ``rope_scaling`` dict: ``rope_type`` and the keys that are set."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_hf_dict(cls, data: dict) -> RopeScalingConfig:
+        """From HF's ``rope_scaling`` dict (``type`` accepted for ``rope_type``); ConfigError naming a bad key."""
+        return build(cls, data, "model.rope.scaling")
 
 
 @dataclass
 class RopeConfig:
     theta: float = 10000.0
     partial_rotary_factor: float = 1.0
-    # HF ``rope_scaling`` vocabulary, e.g. {"rope_type": "yarn", "factor": 4.0,
-    # "original_max_position_embeddings": 2048}. None = plain RoPE.
-    scaling: dict | None = None
+    scaling: RopeScalingConfig | None = None  # None = plain RoPE
 
 
 @dataclass
@@ -67,13 +111,12 @@ class AttentionConfig:
     qkv_bias: bool = False
     gate: GateConfig = field(default_factory=GateConfig)
     # Peers that attack attention sinks; composable with the gate.
-    sink: str = _choice("none", ("none", "learned", "off_by_one"),
-                        "learned = a per-head sink logit (gpt-oss); off_by_one = a fixed zero logit")
+    # learned = a per-head sink logit (gpt-oss); off_by_one = a fixed zero logit.
+    sink: Literal["none", "learned", "off_by_one"] = "none"
     num_register_tokens: int = 0  # learnable tokens prepended to every sequence (StreamingLLM style)
     # The paper's non-linearity-only controls, applied to the SDPA output per head (position G1).
-    output_nonlinearity: str = _choice("none", ("none", "rmsnorm", "silu"))
-    implementation: str = _choice("sdpa", ("sdpa", "eager"),
-                                  "sdpa = fused fast path; eager = explicit softmax reference")
+    output_nonlinearity: Literal["none", "rmsnorm", "silu"] = "none"
+    implementation: Literal["sdpa", "eager"] = "sdpa"  # sdpa = fused fast path; eager = explicit softmax
 
 
 @dataclass
@@ -127,7 +170,6 @@ class ModelConfig:
             raise ConfigError(f"model.rope: head_dim x partial_rotary_factor = {rotary} must be even and >= 2")
         if self.rope.theta <= 0:
             raise ConfigError("model.rope.theta must be positive")
-        _validate_rope_scaling(self.rope.scaling)
         m = self.moe
         if m.num_experts < 0:
             raise ConfigError("model.moe.num_experts must be >= 0 (0 = dense FFN)")
@@ -135,30 +177,6 @@ class ModelConfig:
             raise ConfigError(f"model.moe.top_k must be in [1, num_experts={m.num_experts}], got {m.top_k}")
         if not 0 <= self.bos_token_id < self.vocab_size or not 0 <= self.eos_token_id < self.vocab_size:
             raise ConfigError(f"model.bos_token_id and eos_token_id must be in [0, vocab_size={self.vocab_size})")
-
-
-def _validate_rope_scaling(s: dict | None) -> None:
-    if s is None:
-        return
-    if not isinstance(s, dict):
-        raise ConfigError("model.rope.scaling must be a mapping like {rope_type: yarn, factor: 4.0} or null")
-    rope_type = s.get("rope_type", s.get("type"))
-    if rope_type not in ROPE_TYPES:
-        raise ConfigError(f"model.rope.scaling.rope_type={rope_type!r} is not allowed; allowed: {', '.join(ROPE_TYPES)}")
-    allowed = {"rope_type", "type", "factor", "original_max_position_embeddings", "attention_factor",
-               "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate",
-               "low_freq_factor", "high_freq_factor"}
-    unknown = set(s) - allowed
-    if unknown:
-        raise ConfigError(f"model.rope.scaling has unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    if rope_type != "default":
-        factor = s.get("factor")
-        if not isinstance(factor, (int, float)) or factor < 1:
-            raise ConfigError(f"model.rope.scaling.factor must be a number >= 1 for rope_type={rope_type}")
-    if rope_type == "llama3":
-        for key in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
-            if key not in s:
-                raise ConfigError(f"model.rope.scaling.{key} is required for rope_type=llama3")
 
 
 @dataclass
@@ -195,7 +213,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
-    dtype: str = _choice("float32", ("float32", "bfloat16"), "bfloat16 = autocast")
+    dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16 = autocast
     compile: bool = False
     log_every: int = 1
     eval_every: int = 50  # validation every N steps (0 = at the end only)
@@ -205,7 +223,7 @@ class TrainConfig:
     spike_factor: float = 1.5  # a loss above spike_factor x the median of the last spike_window is a spike
     spike_window: int = 50
     max_nonfinite: int = 5  # stop after this many non-finite losses/gradients in a row (each is skipped)
-    device: str = _choice("auto", ("auto", "cpu", "cuda"), "auto = CUDA when available, else CPU")
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when available, else CPU
 
     def validate(self) -> None:
         positive = ("max_steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints", "spike_window",
@@ -232,24 +250,52 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def validate(self) -> None:
+        seq_len, max_pos = self.data.seq_len, self.model.max_position_embeddings
+        if seq_len > max_pos:
+            raise ConfigError(f"data.seq_len={seq_len} exceeds model.max_position_embeddings={max_pos}; "
+                              f"lower data.seq_len or set model.max_position_embeddings >= {seq_len}")
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain dict (as YAML shows it); RoPE scaling lists only the keys that are set."""
+        tree = dataclasses.asdict(self)
+        if self.model.rope.scaling is not None:
+            tree["model"]["rope"]["scaling"] = self.model.rope.scaling.to_hf_dict()
+        return tree
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Building dataclasses from plain dicts, with validation that names the key.
 
-def _field_types(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+# Decimal numbers as people write them. YAML 1.1 (PyYAML) reads 3e-4 or 1E5, without a dot, as strings.
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _number(value: Any, key: str, kind: str) -> float | int:
+    """``value`` as a finite int or float (numeric strings too); ConfigError otherwise."""
+    shown = value
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        text = value.strip()
+        value = int(text) if text.lstrip("+-").isdigit() else float(text)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key} must be {kind}, got {shown!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {shown!r}")
+    return value
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType):
         if value is None:
             return None
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
         return _coerce(value, args[0], key)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if not any(value == a and type(value) is type(a) for a in allowed):
+            raise ConfigError(f"{key}={value!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
+        return value
     if dataclasses.is_dataclass(tp):
         return build(tp, value, key)
     if tp is bool:
@@ -259,52 +305,63 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value.lower() == "true"
         raise ConfigError(f"{key} must be true or false, got {value!r}")
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        number = _number(value, key, "an integer")
+        if int(number) != number:
             raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return int(value)
+        return int(number)
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
+        return float(_number(value, key, "a number"))
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{key} must be a string, got {value!r}")
         return str(value)
-    if tp is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
-        return dict(value)
     return value
 
 
 def build(cls, data: Any, prefix: str = ""):
-    """Build dataclass ``cls`` from a (possibly partial) dict; unknown keys and bad values raise ConfigError."""
+    """Build dataclass ``cls`` from a (possibly partial) dict, or check an instance of it; unknown keys,
+    missing required keys and bad values raise ConfigError naming the key."""
     if isinstance(data, cls):
-        return data
+        data = dataclasses.asdict(data)  # rebuilt, so an instance made in Python is checked like a file
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}")
+    data = _resolve_aliases(cls, data, prefix)
     names = {f.name: f for f in dataclasses.fields(cls)}
-    types = _field_types(cls)
+    hints = typing.get_type_hints(cls)
     unknown = [k for k in data if k not in names]
     if unknown:
-        key = unknown[0]
+        key = str(unknown[0])
         hint = difflib.get_close_matches(key, names, n=1)
         where = f"{prefix}.{key}" if prefix else key
         msg = f"unknown config key '{where}'"
         msg += f" (did you mean '{hint[0]}'?)" if hint else ""
         raise ConfigError(msg + f"; allowed keys here: {', '.join(names)}")
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{prefix}.{name}" if prefix else name
-        value = _coerce(value, types[name], key)
-        choices = names[name].metadata.get("choices")
-        if choices and value not in choices:
-            raise ConfigError(f"{key}={value!r} is not allowed; allowed: {', '.join(choices)}")
-        kwargs[name] = value
+    for name, f in names.items():
+        if name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            key = f"{prefix}.{name}" if prefix else name
+            allowed = typing.get_args(hints[name]) if typing.get_origin(hints[name]) is Literal else ()
+            raise ConfigError(f"{key} is required" + (f"; allowed: {', '.join(allowed)}" if allowed else ""))
+    kwargs = {name: _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
+              for name, value in data.items()}
     obj = cls(**kwargs)
     if hasattr(obj, "validate"):
         obj.validate()
     return obj
+
+
+def _resolve_aliases(cls, data: dict, prefix: str) -> dict:
+    aliases = getattr(cls, "KEY_ALIASES", {})
+    if not any(a in data for a in aliases):
+        return data
+    data = dict(data)
+    for alias, name in aliases.items():
+        if alias in data:
+            value = data.pop(alias)
+            if name in data and data[name] != value:
+                raise ConfigError(f"{prefix}: '{alias}' (an old name of '{name}') is {value!r} but '{name}' is "
+                                  f"{data[name]!r}; give one of them")
+            data[name] = value
+    return data
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -370,7 +427,8 @@ def _deep_merge(base: dict, update: dict) -> dict:
 
 
 def parse_value(text: str) -> Any:
-    """Parse the value of a ``key=value`` override as YAML (numbers, booleans, null, lists, mappings)."""
+    """A command-line value (of ``--set key=value``, or ``long-eval --rope-scaling``) read as YAML: numbers,
+    booleans, null, lists, mappings; text that is not valid YAML stays a string."""
     try:
         return yaml.safe_load(text) if text != "" else ""
     except yaml.YAMLError:
@@ -403,12 +461,20 @@ def _set_dotted(tree: dict, key: str, value: Any) -> None:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:  # an empty file: the defaults
+        return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        raise ConfigError(f"config file {path} must hold a mapping (a JSON object) at the top level, got "
+                          f"{type(data).__name__} {_short(data)}; allowed keys: base, model, data, train")
     return data
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def resolve_tree(name_or_path: str | dict | None) -> dict:
@@ -429,7 +495,7 @@ def resolve_tree(name_or_path: str | dict | None) -> dict:
         data = _read_yaml(path)  # YAML is a superset of JSON
     base = data.pop("base", None)
     if base is not None:
-        if base not in PRESETS:
+        if not isinstance(base, str) or base not in PRESETS:
             raise ConfigError(f"base={base!r} is not a preset; presets: {', '.join(PRESETS)}")
         data = _deep_merge(PRESETS[base], data)
     return data
@@ -452,7 +518,3 @@ def load_config(name_or_path: str | dict | None = None, overrides: dict[str, Any
 
 def model_config_from_dict(data: dict) -> ModelConfig:
     return build(ModelConfig, data, "model")
-
-
-def model_config_to_json(cfg: ModelConfig) -> str:
-    return json.dumps(dataclasses.asdict(cfg), indent=2)

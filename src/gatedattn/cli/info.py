@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..errors import GatedAttnError
 from ..modeling.stats import model_stats
 from .common import add_config_args, config_from_args
 
@@ -27,7 +28,9 @@ def _fmt(n: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    stats = model_stats(cfg.model, args.seq_len or cfg.data.seq_len)
+    if args.seq_len is not None and args.seq_len < 1:
+        raise GatedAttnError(f"--seq-len must be a positive integer, got {args.seq_len}")
+    stats = model_stats(cfg.model, args.seq_len if args.seq_len is not None else cfg.data.seq_len)
     g = cfg.model.attention.gate
     stats["gate"] = {k: getattr(g, k) for k in ("position", "granularity", "shared_across_heads", "combine",
                                                 "activation", "input_dependent")}

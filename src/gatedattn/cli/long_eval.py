@@ -13,7 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..evaluation.long_context import format_report, long_eval, parse_lengths
+from ..evaluation.long_eval import long_eval, parse_lengths
+from ..evaluation.long_report import format_report
 from ..evaluation.ruler import TASKS, parse_tasks
 
 

@@ -13,7 +13,8 @@ ffn_norm <-> post_attention_layernorm, ffn.{gate,up,down}_proj <-> mlp.{gate,up,
 embed <-> model.embed_tokens, norm <-> model.norm, lm_head <-> lm_head. Both sides use the half-split
 (rotate-half) RoPE layout, so no permutation is needed.
 
-RoPE: ``model.rope`` maps to HF ``rope_parameters`` (``rope_theta``, ``rope_type`` and the scaling keys).
+RoPE: ``model.rope`` maps to HF ``rope_parameters`` (``rope_theta``, ``rope_type`` and the scaling keys:
+``RopeScalingConfig.to_hf_dict`` / ``from_hf_dict``, here only).
 HF's dynamic NTK takes the original context from ``max_position_embeddings``, ours from
 ``original_max_position_embeddings`` when given, so the converter writes that value there.
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import ModelConfig, model_config_from_dict
+from ..config import ModelConfig, RopeConfig, RopeScalingConfig, model_config_from_dict
 from ..errors import GatedAttnError
 from .model import GatedLM
 
@@ -78,10 +79,12 @@ def hf_family(cfg: ModelConfig) -> str:
 
 def hf_rope_parameters(cfg: ModelConfig) -> tuple[dict, int]:
     """HF ``rope_parameters`` and ``max_position_embeddings`` that give the same RoPE as ``cfg.rope``."""
-    return _hf_rope(cfg.rope.theta, cfg.rope.partial_rotary_factor, cfg.rope.scaling, cfg.max_position_embeddings)
+    scaling = cfg.rope.scaling.to_hf_dict() if cfg.rope.scaling is not None else None
+    return _hf_rope(cfg.rope.theta, cfg.rope.partial_rotary_factor, scaling, cfg.max_position_embeddings)
 
 
 def _hf_rope(theta: float, partial: float, scaling: dict | None, max_pos: int) -> tuple[dict, int]:
+    """``scaling``: HF's rope_scaling dict (or None)."""
     s = dict(scaling or {})
     rope_type = s.pop("rope_type", s.pop("type", "default"))
     params = {"rope_type": rope_type, "rope_theta": theta, **s}
@@ -92,17 +95,19 @@ def _hf_rope(theta: float, partial: float, scaling: dict | None, max_pos: int) -
     return params, max_pos
 
 
-def set_hf_rope(model, theta: float | None = None, scaling: dict | None = None) -> None:
-    """Give an HF causal LM another RoPE base and/or scaling (our ``model.rope`` vocabulary; ``scaling``
-    replaces any it had) by updating its config and rebuilding its rotary-embedding modules."""
+def set_hf_rope(model, theta: float | None = None, scaling: RopeScalingConfig | None = None) -> None:
+    """Give an HF causal LM another RoPE base and/or scaling (``scaling`` replaces any it had; None keeps
+    it) by updating its config and rebuilding its rotary-embedding modules."""
     cfg = model.config
     old = dict(getattr(cfg, "rope_parameters", None) or {})
-    if scaling is None:
-        scaling = {k: v for k, v in old.items() if k not in ("rope_theta", "partial_rotary_factor")}
-        if scaling.get("rope_type", "default") == "default":
-            scaling = None
+    if scaling is not None:
+        hf_scaling = scaling.to_hf_dict()
+    else:
+        hf_scaling = {k: v for k, v in old.items() if k not in ("rope_theta", "partial_rotary_factor")}
+        if hf_scaling.get("rope_type", "default") == "default":
+            hf_scaling = None
     theta = float(theta if theta is not None else old.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
-    params, cfg.max_position_embeddings = _hf_rope(theta, old.get("partial_rotary_factor", 1.0), scaling,
+    params, cfg.max_position_embeddings = _hf_rope(theta, old.get("partial_rotary_factor", 1.0), hf_scaling,
                                                    cfg.max_position_embeddings)
     cfg.rope_parameters = params
     parents = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
@@ -115,16 +120,18 @@ def set_hf_rope(model, theta: float | None = None, scaling: dict | None = None) 
         setattr(parent, name, fresh.to(device) if device is not None else fresh)
 
 
-def rope_from_hf(hf_config) -> dict:
+def rope_from_hf(hf_config) -> RopeConfig:
     """Our ``model.rope`` section (theta, partial_rotary_factor, scaling) from an HF config."""
     params = dict(getattr(hf_config, "rope_parameters", None) or {})
     theta = params.pop("rope_theta", getattr(hf_config, "rope_theta", 10000.0))
     partial = params.pop("partial_rotary_factor", 1.0)
     rope_type = params.pop("rope_type", params.pop("type", "default"))
-    scaling = None if rope_type == "default" else {"rope_type": rope_type, **params}
-    if rope_type == "dynamic":  # HF's original context is max_position_embeddings: make it explicit
-        scaling["original_max_position_embeddings"] = hf_config.max_position_embeddings
-    return {"theta": float(theta), "partial_rotary_factor": float(partial), "scaling": scaling}
+    scaling = None
+    if rope_type != "default":
+        if rope_type == "dynamic":  # HF's original context is max_position_embeddings: make it explicit
+            params["original_max_position_embeddings"] = hf_config.max_position_embeddings
+        scaling = RopeScalingConfig.from_hf_dict({"rope_type": rope_type, **params})
+    return RopeConfig(theta=float(theta), partial_rotary_factor=float(partial), scaling=scaling)
 
 
 def to_hf_config(cfg: ModelConfig, **overrides):

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import ModelConfig, RopeScalingConfig
 
 
 def rotary_dim(cfg: ModelConfig) -> int:
@@ -37,12 +37,12 @@ def inv_freq_and_scaling(cfg: ModelConfig, seq_len: int | None = None) -> tuple[
     original context.
     """
     dim, base = rotary_dim(cfg), cfg.rope.theta
-    s = cfg.rope.scaling or {}
-    rope_type = s.get("rope_type", s.get("type", "default"))
+    s = cfg.rope.scaling
+    rope_type = s.rope_type if s is not None else "default"
     if rope_type == "default":
         return _base_inv_freq(base, dim), 1.0
-    factor = float(s["factor"])
-    original = s.get("original_max_position_embeddings") or cfg.max_position_embeddings
+    factor = float(s.factor)
+    original = s.original_max_position_embeddings or cfg.max_position_embeddings
     if rope_type == "linear":
         return _base_inv_freq(base, dim) / factor, 1.0
     if rope_type == "dynamic":  # HF always takes `original` from max_position_embeddings (hf_convert maps it)
@@ -58,23 +58,24 @@ def inv_freq_and_scaling(cfg: ModelConfig, seq_len: int | None = None) -> tuple[
     raise ValueError(f"unknown rope_type {rope_type!r}")
 
 
-def _yarn(base: float, dim: int, factor: float, original: int, s: dict) -> tuple[torch.Tensor, float]:
+def _yarn(base: float, dim: int, factor: float, original: int,
+          s: RopeScalingConfig) -> tuple[torch.Tensor, float]:
     def mscale(scale: float, m: float = 1.0) -> float:
         return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
 
-    attention_factor = s.get("attention_factor")
+    attention_factor = s.attention_factor
     if attention_factor is None:
-        if s.get("mscale") and s.get("mscale_all_dim"):
-            attention_factor = mscale(factor, s["mscale"]) / mscale(factor, s["mscale_all_dim"])
+        if s.mscale and s.mscale_all_dim:
+            attention_factor = mscale(factor, s.mscale) / mscale(factor, s.mscale_all_dim)
         else:
             attention_factor = mscale(factor)
-    beta_fast, beta_slow = s.get("beta_fast") or 32, s.get("beta_slow") or 1
+    beta_fast, beta_slow = s.beta_fast or 32, s.beta_slow or 1
 
     def correction_dim(rotations: float) -> float:
         return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
 
     low, high = correction_dim(beta_fast), correction_dim(beta_slow)
-    if s.get("truncate", True):
+    if s.truncate is None or s.truncate:
         low, high = math.floor(low), math.ceil(high)
     low, high = max(low, 0), min(high, dim - 1)
     if low == high:
@@ -86,10 +87,10 @@ def _yarn(base: float, dim: int, factor: float, original: int, s: dict) -> tuple
     return inv_freq, float(attention_factor)
 
 
-def _llama3(base: float, dim: int, factor: float, s: dict) -> torch.Tensor:
+def _llama3(base: float, dim: int, factor: float, s: RopeScalingConfig) -> torch.Tensor:
     inv_freq = _base_inv_freq(base, dim)
-    low, high = s["low_freq_factor"], s["high_freq_factor"]
-    old = s["original_max_position_embeddings"]
+    low, high = s.low_freq_factor, s.high_freq_factor
+    old = s.original_max_position_embeddings
     wavelen = 2 * math.pi / inv_freq
     scaled = torch.where(wavelen > old / low, inv_freq / factor, inv_freq)
     smooth = (old / wavelen - low) / (high - low)
@@ -107,8 +108,7 @@ class RotaryEmbedding(nn.Module):
         inv_freq, self.attention_scaling = inv_freq_and_scaling(cfg)
         # A plain float32 attribute, not a buffer: model.double() / .half() must not change the frequencies.
         self.inv_freq = inv_freq
-        s = cfg.rope.scaling or {}
-        self.dynamic = s.get("rope_type", s.get("type")) == "dynamic"
+        self.dynamic = cfg.rope.scaling is not None and cfg.rope.scaling.rope_type == "dynamic"
         self._dynamic_cache: tuple[int, torch.Tensor] | None = None
 
     def _frequencies(self, positions: torch.Tensor, seq_len: int | None) -> torch.Tensor:

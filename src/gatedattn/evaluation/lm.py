@@ -1,0 +1,73 @@
+"""The model under long-context evaluation: ours or an HF causal LM, with what evaluation needs from its
+tokenizer and its KV cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..artifacts import load_model
+from ..config import DataConfig
+from ..modeling.cache import KVCache
+from ..modeling.model import GatedLM
+
+
+@dataclass
+class LongContextLM:
+    """A causal LM (ours or HF) with what long-context evaluation needs from its tokenizer."""
+
+    name: str
+    model: nn.Module
+    encode: Callable[[str], list[int]]  # a text's tokens, no special tokens
+    decode: Callable[[list[int]], str]
+    prefix: list[int]  # special tokens the model sees before a document (ours: BOS, as in training)
+    eos_token_id: int | None
+    trained_context: int  # default original context for RoPE scaling
+    # The data source whose held-out documents are the default text, and the held-out fraction.
+    validation: tuple[str, float] = (DataConfig.source, DataConfig.val_fraction)
+
+    @property
+    def is_ours(self) -> bool:
+        return isinstance(self.model, GatedLM)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def new_cache(self, total_tokens: int):
+        """An empty KV cache for a sequence that will reach ``total_tokens`` tokens."""
+        if self.is_ours:
+            positions = total_tokens + self.model.num_register_tokens  # allocated once, at the final size
+            return KVCache(len(self.model.layers), rope_seq_len=positions, capacity=positions)
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
+
+    def logits(self, ids: torch.Tensor, cache) -> torch.Tensor:
+        """Logits (1, T, V) of the next chunk ``ids`` (1, T), appended to ``cache``."""
+        if self.is_ours:
+            return self.model(ids, past_key_values=cache).logits
+        return self.model(input_ids=ids, past_key_values=cache, use_cache=True).logits
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.prefix) + len(self.encode(text))
+
+
+def load_lm(name_or_path: str) -> LongContextLM:
+    """Our model or run directory (with its tokenizer.json), ``smollm2``, a HF model directory or .gguf."""
+    loaded = load_model(name_or_path)
+    tok = loaded.require_tokenizer()
+    if loaded.is_ours:
+        cfg, run = loaded.model.config, loaded.run_config
+        data = run.data if run is not None else DataConfig()
+        return LongContextLM(name_or_path, loaded.model, tok.encode, tok.decode, [tok.bos_id], tok.eos_id,
+                             run.data.seq_len if run is not None else cfg.max_position_embeddings,
+                             (data.source, data.val_fraction))
+    cfg = loaded.model.config
+    eos = tok.eos_id if tok.eos_id is not None else cfg.eos_token_id
+    # What the HF tokenizer puts before any text (e.g. a BOS), as the model saw in training.
+    return LongContextLM(name_or_path, loaded.model, tok.encode, tok.decode, tok.encode("", add_special_tokens=True),
+                         eos[0] if isinstance(eos, list) else eos, cfg.max_position_embeddings)

@@ -1,0 +1,202 @@
+"""Long-context evaluation: perplexity by position and by context length, and RULER-style tasks, for our
+models and HF causal LMs, with RoPE base/scaling changes applied at load time (no training).
+
+Long inputs stream through the KV cache in chunks (``chunk_size`` tokens per forward; see streaming.py).
+Outputs (``long_eval`` with ``out_dir``): ``settings.json``, ``perplexity.jsonl`` (one line per window),
+``samples.jsonl`` (one line per task sample: prompt length, needle depths, prediction, score),
+``summary.json``, ``report.md`` and two PNGs. Units already in the JSONL files are skipped when the same
+command runs again in the same directory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Iterable
+
+from ..config import RopeScalingConfig
+from ..errors import GatedAttnError
+from .lm import LongContextLM, load_lm
+from .long_report import format_report, plot
+from .position_ppl import bucket_edges, perplexity_window, summarize_perplexity, window_starts
+from .rope_override import apply_rope, rope_change, rope_description
+from .ruler import make_sample, score
+from .streaming import greedy_generate
+
+
+def summarize_tasks(records: Iterable[dict]) -> dict:
+    """{task: {length: accuracy %}} and the mean over tasks per length, as RULER reports them."""
+    acc: dict[str, dict[int, list[float]]] = {}
+    for r in records:
+        acc.setdefault(r["task"], {}).setdefault(r["length"], []).append(r["score"])
+    table = {t: {n: 100 * sum(v) / len(v) for n, v in sorted(by_len.items())} for t, by_len in acc.items()}
+    lengths = sorted({n for by_len in table.values() for n in by_len})
+    mean = {n: sum(table[t][n] for t in table if n in table[t]) / sum(n in table[t] for t in table)
+            for n in lengths}
+    return {"accuracy": table, "mean": mean}
+
+
+def parse_lengths(spec: str) -> list[int]:
+    """``"1k,2k,4k"`` -> [1024, 2048, 4096]; plain integers too."""
+    out = []
+    for item in spec.split(","):
+        item = item.strip().lower()
+        try:
+            n = int(float(item[:-1]) * 1024) if item.endswith("k") else int(item)
+        except ValueError:
+            n = None
+        if n is None or n < 16:
+            raise GatedAttnError(f"bad length {item!r} in --lengths {spec!r}: use integers >= 16 or k suffixes "
+                                 "(1k = 1024), e.g. 1k,2k,4k")
+        out.append(n)
+    return sorted(set(out))
+
+
+def validation_text(source: str, val_fraction: float) -> str:
+    """The held-out documents of a data source, split as training splits it (gatedattn.data)."""
+    from ..data import load_corpus, split_documents
+
+    docs = load_corpus(source).documents
+    held = split_documents(docs, val_fraction)[1] or docs
+    return "\n\n".join(d.text for d in held)
+
+
+def long_eval(model: str | LongContextLM, lengths: list[int], tasks: list[str], samples: int = 5,
+              ppl_samples: int | None = None, text: str | None = None, seed: int = 0, chunk_size: int = 1024,
+              rope_theta: float | None = None,
+              rope_scaling: str | dict | RopeScalingConfig | None = None,
+              factor: float | None = None, original_max_position_embeddings: int | None = None,
+              max_new_tokens: int | None = None, out_dir: str | Path | None = None,
+              progress: bool = True) -> dict:
+    """Perplexity (by position and length) and RULER task accuracy at each length; returns the summary."""
+    if chunk_size < 1 or samples < 0 or (ppl_samples is not None and ppl_samples < 0):
+        raise GatedAttnError("--chunk-size must be >= 1 and --samples / --ppl-samples >= 0")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise GatedAttnError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    lm = load_lm(model) if isinstance(model, str) else model
+    scaling = rope_change(lm, rope_theta, rope_scaling, factor, original_max_position_embeddings)
+    lm = apply_rope(lm, rope_theta, scaling)
+    ppl_samples = samples if ppl_samples is None else ppl_samples
+    if text is None:
+        text = validation_text(*lm.validation)
+    settings = {"model": lm.name, "lengths": lengths, "tasks": tasks, "samples": samples,
+                "ppl_samples": ppl_samples, "seed": seed, "max_new_tokens": max_new_tokens,
+                "text_sha": _sha(text), "rope": rope_description(lm)}
+    log = _RunLog(out_dir, settings)
+    stream = lm.encode(text) if ppl_samples else []
+    if ppl_samples and len(stream) + len(lm.prefix) < max(lengths):
+        raise GatedAttnError(f"the evaluation text has {len(stream)} tokens, fewer than the longest length "
+                             f"{max(lengths)}; give a longer --text or shorter --lengths")
+    edges = bucket_edges(max(lengths))
+    starts = window_starts(len(stream), max(lengths) - len(lm.prefix), ppl_samples)
+    units = [("ppl", n, w) for n in lengths for w in range(ppl_samples)] + \
+            [(t, n, i) for t in tasks for n in lengths for i in range(samples)]
+    todo = [u for u in units if u not in log.done]
+    # Build every task prompt first: a length too short for a task fails before any model time is spent.
+    prompts = {u: make_sample(*u, lm.count_tokens, text, seed, max_new_tokens) for u in todo if u[0] != "ppl"}
+    bar = _progress(len(units), len(units) - len(todo), progress)
+    started, tokens = time.time(), 0
+    for kind, length, i in todo:
+        if kind == "ppl":
+            record = perplexity_window(lm, stream, length, i, starts[i], edges, chunk_size)
+            tokens += length
+        else:
+            sample = prompts[kind, length, i]
+            ids = lm.prefix + lm.encode(sample.prompt)
+            new = greedy_generate(lm, ids, sample.max_new_tokens, chunk_size)
+            prediction = lm.decode(new)
+            record = {"task": kind, "length": length, "index": i, "prompt_tokens": len(ids),
+                      "generated_tokens": len(new), "needle_depths": [n.depth for n in sample.needles],
+                      "answers": sample.answers, "prediction": prediction,
+                      "score": score(prediction, sample.answers, sample.metric)}
+            tokens += len(ids) + len(new)
+        log.add(kind, length, i, record)
+        bar.update(1)
+        bar.set_postfix(tok_s=f"{tokens / max(time.time() - started, 1e-9):.0f}")
+    bar.close()
+    summary = {"settings": settings,
+               "perplexity": summarize_perplexity(log.records("ppl")),
+               "ruler": summarize_tasks(log.records("tasks")) if tasks and samples else None}
+    log.finish(summary)
+    return summary
+
+
+def _sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _progress(total: int, done: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc="long-eval", unit="unit", disable=not enabled)
+
+
+class _RunLog:
+    """Records kept in memory and, with an output directory, appended to JSONL files as they come; a rerun
+    with the same settings skips what is there, one with other settings refuses (nothing is overwritten)."""
+
+    FILES = {"ppl": "perplexity.jsonl", "tasks": "samples.jsonl"}
+
+    def __init__(self, out_dir: str | Path | None, settings: dict):
+        self.out = Path(out_dir) if out_dir is not None else None
+        self.settings = json.loads(json.dumps(settings))
+        self._records: dict[str, list[dict]] = {"ppl": [], "tasks": []}
+        self.done: set[tuple] = set()
+        if self.out is None or not (self.out / "settings.json").exists():
+            return
+        try:
+            old = json.loads((self.out / "settings.json").read_text())
+        except (OSError, ValueError):
+            old = {}
+        if old != self.settings:
+            diff = sorted(k for k in self.settings if old.get(k) != self.settings[k])
+            raise GatedAttnError(f"{self.out} holds a long-eval with other settings (differs in: "
+                                 f"{', '.join(diff) or 'settings.json'}); use another --out")
+        self._load()
+
+    def _load(self) -> None:
+        for kind, name in self.FILES.items():
+            path = self.out / name
+            if not path.exists():
+                continue
+            for line in path.read_text().splitlines():
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by an interrupted write: that unit runs again
+                key = ("ppl", r["length"], r["window"]) if kind == "ppl" else (r["task"], r["length"], r["index"])
+                if key not in self.done:
+                    self.done.add(key)
+                    self._records[kind].append(r)
+
+    def _write_settings(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / "settings.json"
+        if not path.exists():  # written with the first result, so a run that failed early blocks nothing
+            path.write_text(json.dumps(self.settings, indent=2))
+
+    def add(self, kind: str, length: int, index: int, record: dict) -> None:
+        group = "ppl" if kind == "ppl" else "tasks"
+        self._records[group].append(record)
+        self.done.add((kind, length, index))
+        if self.out is not None:
+            self._write_settings()
+            with open(self.out / self.FILES[group], "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def records(self, group: str) -> list[dict]:
+        return self._records[group]
+
+    def finish(self, summary: dict) -> None:
+        if self.out is None:
+            return
+        self._write_settings()
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        (self.out / "report.md").write_text(format_report(summary))
+        plot(summary, self.out)
+
+
+__all__ = ["long_eval", "parse_lengths", "validation_text", "summarize_tasks"]
