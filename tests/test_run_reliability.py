@@ -273,3 +273,15 @@ def test_asking_for_cuda_without_one_creates_nothing(corpus, tmp_path):
     with pytest.raises(GatedAttnError, match="no CUDA device"):
         train(_config(corpus, **{"train.device": "cuda"}), tmp_path / "never", progress=False)
     assert not (tmp_path / "never").exists()
+
+
+def test_more_steps_on_resume_keep_the_planned_schedule_and_hold_its_floor(finished, corpus, tmp_path, caplog):
+    run = _copy(finished, tmp_path)
+    with caplog.at_level("INFO", logger="gatedattn"):
+        train(_config(corpus, **{"train.max_steps": 16}), run, progress=False)
+    lrs = {r["step"]: r["lr"] for r in read_metrics(run / "metrics.jsonl") if "lr" in r}
+    before = {r["step"]: r["lr"] for r in read_metrics(finished / "metrics.jsonl") if "lr" in r}
+    cfg = _config(corpus).train
+    assert all(lrs[s] == before[s] for s in before)  # the first 12 steps are untouched
+    assert [lrs[s] for s in (13, 14, 15, 16)] == pytest.approx([cfg.lr * cfg.min_lr_ratio] * 4, rel=1e-12)
+    assert any("planned for 12" in r.getMessage() for r in caplog.records)

@@ -30,16 +30,19 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
+def lr_factor(step: int, cfg: TrainConfig, schedule_steps: int | None = None) -> float:
     """Multiplier of ``cfg.lr`` for update ``step`` (0-based): linear warmup to 1 over ``warmup_steps``
-    updates, then cosine decay reaching ``min_lr_ratio`` at the last update (``max_steps - 1``)."""
+    updates, then cosine decay reaching ``min_lr_ratio`` at update ``schedule_steps - 1`` (default: the
+    last, ``max_steps - 1``), and that floor after it."""
+    total = cfg.max_steps if schedule_steps is None else schedule_steps
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - 1 - cfg.warmup_steps))
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - 1 - cfg.warmup_steps))
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, LambdaLR]:
+def build_optimizer(model: nn.Module, cfg: TrainConfig,
+                    schedule_steps: int | None = None) -> tuple[torch.optim.Optimizer, LambdaLR]:
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    sched = LambdaLR(opt, lambda step: lr_factor(step, cfg))
+    sched = LambdaLR(opt, lambda step: lr_factor(step, cfg, schedule_steps))
     return opt, sched

@@ -40,7 +40,7 @@ from .optim import build_optimizer
 from .state import TrainState, rng_state, set_rng_state
 
 # Settings that may differ when a run is resumed: they change neither the model nor the data order.
-# (A new max_steps also stretches the cosine schedule from the resumed step on.)
+# (A new max_steps keeps the learning-rate schedule planned for the first one: see Trainer._setup.)
 RESUMABLE_CHANGES = ("train.max_steps", "train.log_every", "train.eval_every", "train.eval_batches",
                      "train.checkpoint_every", "train.keep_checkpoints", "train.compile", "train.device")
 
@@ -313,7 +313,7 @@ class Trainer:
     # -- state ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything beside the weights that a resumed run needs (saved as trainer_state.pt)."""
-        return {**self.state.state_dict(), "train_seconds": self.train_seconds,
+        return {**self.state.state_dict(), "train_seconds": self.train_seconds, "schedule_steps": self.schedule_steps,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "sampler": self.sampler.state_dict(), "rng": rng_state(), "spike_history": list(self.spikes.history)}
 
@@ -361,7 +361,16 @@ class Trainer:
         if init is not None:
             load_init_weights(self.model, init.model, self.init_from)
         self.model.to(self.device).train()
-        self.optimizer, self.scheduler = build_optimizer(self.model, tc)
+        # The learning-rate schedule is planned once, for the run's first max_steps: a resumed run that
+        # asks for more steps holds the schedule's floor after it instead of jumping back up the cosine.
+        self.schedule_steps = tc.max_steps
+        if resume is not None:
+            self.schedule_steps = resume.state.get("schedule_steps", resume.run_config["train.max_steps"])
+            if self.schedule_steps != tc.max_steps:
+                log.info("train.max_steps is %d, the run was planned for %d: the learning rate keeps its "
+                         "schedule (cosine to step %d, then %.3g x train.lr)", tc.max_steps, self.schedule_steps,
+                         self.schedule_steps, tc.min_lr_ratio)
+        self.optimizer, self.scheduler = build_optimizer(self.model, tc, self.schedule_steps)
         self.sampler = EpochSampler(len(self.data.train), tc.seed)
         self.spikes = SpikeDetector(tc.spike_window, tc.spike_factor)
         self._params = [p for p in self.model.parameters() if p.requires_grad]
