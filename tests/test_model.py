@@ -218,6 +218,7 @@ def test_save_and_load_are_exact(tmp_path):
         x = torch.randint(0, 256, (1, 8))
         assert torch.equal(model(x).logits, loaded(x).logits)
         assert (loaded.lm_head.weight is loaded.embed.weight) == model.config.tie_embeddings
+        assert not loaded.training  # eval mode, as transformers' from_pretrained
 
 
 def test_moe_matches_a_per_token_loop():

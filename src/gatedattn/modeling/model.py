@@ -218,7 +218,7 @@ class GatedLM(nn.Module):
         except (OSError, SafetensorError, RuntimeError) as e:
             raise GatedAttnError(f"cannot load weights {directory / WEIGHTS_NAME}: "
                                  f"{str(e).splitlines()[0]}") from None
-        return model
+        return model.eval()  # as transformers does: call .train() to fine-tune
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
