@@ -65,9 +65,14 @@ class RunResult:
     resumed_from: int | None  # the step resumed from, None for a fresh run
     tokens_per_s: float  # this session's training throughput (validation and checkpoints excluded)
     metrics_path: Path
+    # In memory only (not in to_dict): the trained model, on its device, and the run's metrics.jsonl records.
+    model: GatedLM | None = dataclasses.field(default=None, repr=False, compare=False)
+    history: list[dict] = dataclasses.field(default_factory=list, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.name not in ("model", "history")}
+        return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
 
 
 def resolve_config(config: Config, tokenizer: TextTokenizer) -> Config:
@@ -268,7 +273,8 @@ def _train(config, out_dir, data, init_from, model, progress) -> RunResult:
                          val_loss=last_val, checkpoint=checkpoint, spikes=spikes, nonfinite_skips=nonfinite_total,
                          resumed_from=checkpoint_step(resume) if resume is not None else None,
                          tokens_per_s=session_tokens / session_time if session_time else 0.0,
-                         metrics_path=metrics_path)
+                         metrics_path=metrics_path, model=model,
+                         history=read_metrics(metrics_path) if metrics_path.is_file() else [])
 
     if start >= tc.max_steps:
         log.info("%s is already trained to step %d (train.max_steps=%d)", out_dir, start, tc.max_steps)
@@ -355,6 +361,7 @@ def _train(config, out_dir, data, init_from, model, progress) -> RunResult:
     finally:
         bar.close()
         metrics.close()
-    atomic_write_text(out_dir / "result.json", json.dumps(result().to_dict(), indent=2))
+    final = result()
+    atomic_write_text(out_dir / "result.json", json.dumps(final.to_dict(), indent=2))
     plot_loss_curves({out_dir.name: out_dir}, out_dir / "loss.png")
-    return result()
+    return final
