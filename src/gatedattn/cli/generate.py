@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..training import generate_text, load_pretrained
-from ..training.trainer import pick_device
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -19,6 +17,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..training import generate_text, load_pretrained
+    from ..training.trainer import pick_device
+
     loaded = load_pretrained(args.model, pick_device("auto"))
     text = generate_text(loaded.model, loaded.tokenizer, args.prompt, args.max_new_tokens, args.temperature,
                          args.top_p, args.top_k, args.seed)

@@ -13,7 +13,6 @@ import argparse
 import json
 from pathlib import Path
 
-from ..evaluation.long_context import format_report, long_eval, parse_lengths
 from ..evaluation.ruler import TASKS, parse_tasks
 
 
@@ -47,6 +46,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis.targets import load_text
+    from ..evaluation.long_context import format_report, long_eval, parse_lengths
 
     lengths = parse_lengths(args.lengths)
     tasks = [] if args.tasks.strip() == "none" else parse_tasks(args.tasks)
