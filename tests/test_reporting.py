@@ -12,7 +12,7 @@ from gatedattn.reporting import LossCurves, format_number, plot_loss_curves, pyp
 @pytest.mark.parametrize("value, text", [
     (0.467, "0.467"), (0.04812, "0.0481"), (94.46, "94.5"), (123.456, "123"), (999.7, "1,000"),
     (1053.0, "1,053"), (1234567.8, "1,234,568"), (5, "5"), (12345, "12,345"), (-0.5, "-0.5"),
-    (1.5e-5, "1.5e-05"), (None, "—"), (math.nan, "—"), (math.inf, "inf"), ("g1", "g1"), (True, "True"),
+    (1.5e-5, "1.5e-05"), (None, "–"), (math.nan, "–"), (math.inf, "inf"), ("g1", "g1"), (True, "True"),
 ])
 def test_format_number_default(value, text):
     assert format_number(value) == text

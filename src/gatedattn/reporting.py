@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import MissingExtraError
 
-MISSING = "—"  # a value that was not measured (e.g. the gate mean of an ungated model)
+MISSING = "–"  # a value that was not measured (e.g. the gate mean of an ungated model)
 _SI_UNITS = (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3))
 
 
