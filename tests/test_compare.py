@@ -1,13 +1,15 @@
 """`gatedattn compare` end to end on a small budget: same data for every variant, report, plots, resume."""
 
+import contextlib
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from gatedattn.compare import CompareSettings, parse_variants, run_compare
+from gatedattn.experiments import CompareSettings, ComparisonResult, parse_variants, run_compare
 from gatedattn.errors import GatedAttnError
 
 
@@ -29,27 +31,91 @@ def test_compare_quick_end_to_end_and_resume(tmp_path, monkeypatch):
         "data.source": str(_corpus(tmp_path)), "data.vocab_size": 400, "data.val_fraction": 0.25,
         "train.max_steps": 4, "train.eval_every": 2, "train.checkpoint_every": 2, "train.batch_size": 4})
     results = run_compare(settings)
-    none, g1 = results["variants"]["none"], results["variants"]["g1"]
+    none, g1 = results.variants["none"], results.variants["g1"]
     for r in (none, g1):
-        assert r["train"]["steps"] == 4 and r["train"]["tokens"] == 4 * 4 * 128
-        assert r["val_ppl"] > 1 and len(r["analysis"]["first_token_share"]) == 4
-        assert [s for s, _ in r["curves"]["train"]] == [1, 2, 3, 4]
+        assert r.train.steps == 4 and r.train.tokens == 4 * 4 * 128
+        assert r.val_ppl > 1 and len(r.probes.record["first_token_share"]) == 4
+        assert [s for s, _ in r.curves.train] == [1, 2, 3, 4]
     # Same seed and data: the first step's loss differs only through the gate (g1 starts near 0.5 gates).
-    assert none["train"]["tokens"] == g1["train"]["tokens"]
-    assert g1["analysis"]["has_gate"] and not none["analysis"]["has_gate"]
-    assert 0 < g1["analysis"]["gate_mean"] < 1
-    assert g1["parameters"] - none["parameters"] == 4 * 128 * 4 * 32  # layers x d_model x heads x head_dim
+    assert none.train.tokens == g1.train.tokens
+    assert g1.probes.has_gate and not none.probes.has_gate
+    assert 0 < g1.probes.gate_mean < 1
+    assert g1.parameters - none.parameters == 4 * 128 * 4 * 32  # layers x d_model x heads x head_dim
     report = (out / "report.md").read_text()
     assert "| none |" in report and "| g1 |" in report and "0.467" in report
     saved = json.loads((out / "results.json").read_text())
-    assert saved["variants"]["g1"]["val_ppl"] == pytest.approx(g1["val_ppl"])
+    assert saved["variants"]["g1"]["val_ppl"] == pytest.approx(g1.val_ppl)
     for plot in saved["plots"]:
         assert (out / plot).stat().st_size > 1000
     assert any("loss_curves" in p for p in saved["plots"])
-    # Re-running on the same directory reuses the finished runs: identical numbers, no retraining.
-    again = run_compare(settings)
-    assert again["variants"]["g1"]["val_ppl"] == pytest.approx(g1["val_ppl"])
-    assert again["variants"]["none"]["train"]["steps"] == 4
+    # results.json holds the whole comparison: it reads back into equal dataclasses.
+    loaded = ComparisonResult.load(out / "results.json")
+    assert loaded.to_json() == results.to_json() == ComparisonResult.from_json(loaded.to_json()).to_json()
+    assert loaded.variants["g1"].train == g1.train and loaded.variants["g1"].curves == g1.curves
+    # Re-running on the same directory reuses the finished runs and their stored measurements: nothing is
+    # trained, loaded, evaluated or probed again, and one line per variant says so.
+    calls = _count_calls(monkeypatch)
+    with _log_lines("gatedattn.experiments") as lines:
+        again = run_compare(settings)
+    assert calls == {"train": 0, "from_pretrained": 0, "evaluate_perplexity": 0, "analyze_model": 0}
+    assert sum("reused" in line for line in lines) == 2 and any(line.startswith("g1: ") for line in lines)
+    assert again.to_json() == results.to_json()
+    # --fresh-eval measures again, on the model train() loads from the finished run's checkpoint: the
+    # numbers equal those of the in-memory model the first pass measured (no reload then), bit for bit.
+    settings.fresh_eval = True
+    with _log_lines("gatedattn.experiments") as lines:
+        fresh = run_compare(settings)
+    assert calls == {"train": 2, "from_pretrained": 0, "evaluate_perplexity": 2, "analyze_model": 2}
+    assert any(line.startswith("evaluating g1 on ") for line in lines) and "probing g1 on 2 held-out sequences" in lines
+    for name in ("none", "g1"):
+        assert fresh.variants[name].val_ppl == results.variants[name].val_ppl
+        assert fresh.variants[name].probes.record["first_token_share"] == \
+            results.variants[name].probes.record["first_token_share"]
+        assert fresh.variants[name].train == results.variants[name].train  # the training session's summary
+    # Other probe settings: the stored probes do not apply, so they are measured again.
+    settings.fresh_eval, settings.analysis_sequences = False, 1
+    run_compare(settings)
+    assert calls["analyze_model"] == 4
+
+
+def _count_calls(monkeypatch) -> dict:
+    """Count calls of what re-measuring would use, by wrapping the library functions compare looks up."""
+    import gatedattn.analysis
+    import gatedattn.evaluation.perplexity
+    import gatedattn.training
+    from gatedattn.modeling.model import GatedLM
+
+    calls = {"train": 0, "from_pretrained": 0, "evaluate_perplexity": 0, "analyze_model": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(gatedattn.training, "train", counted("train", gatedattn.training.train))
+    monkeypatch.setattr(gatedattn.evaluation.perplexity, "evaluate_perplexity",
+                        counted("evaluate_perplexity", gatedattn.evaluation.perplexity.evaluate_perplexity))
+    monkeypatch.setattr(gatedattn.analysis, "analyze_model", counted("analyze_model", gatedattn.analysis.analyze_model))
+    monkeypatch.setattr(GatedLM, "from_pretrained", classmethod(counted("from_pretrained",
+                                                                        GatedLM.from_pretrained.__func__)))
+    return calls
+
+
+@contextlib.contextmanager
+def _log_lines(logger_name: str):
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def test_variant_names_are_checked(tmp_path):

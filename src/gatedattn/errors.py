@@ -7,3 +7,7 @@ class GatedAttnError(Exception):
 
 class ConfigError(GatedAttnError, ValueError):
     """An unknown key, a bad value or an impossible combination in a config."""
+
+
+class MissingExtraError(GatedAttnError, ImportError):
+    """An optional dependency is not installed; the message names the pip extra that brings it."""

@@ -7,24 +7,12 @@ and the summary has one column per model.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from ..reporting import MISSING, pyplot
+from ..reporting import format_number as _fmt
 
 PLOTS = ("first_token_share_heatmap.png", "per_layer.png", "gate_histograms.png", "attention_maps.png")
-
-
-def _fmt(x, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "—"
-    if isinstance(x, float):
-        return f"{x:.{digits}g}" if abs(x) < 1e4 else f"{x:,.0f}"
-    return str(x)
 
 
 def _largest(r: dict) -> str:
@@ -53,9 +41,9 @@ SUMMARY_ROWS = [
     ("gate scores < 0.1", lambda r: _fmt(r.get("gate_frac_below_0_1"))),
     ("gate scores < 0.5", lambda r: _fmt(r.get("gate_frac_below_0_5"))),
     ("gate score on first token / rest", lambda r: f"{_fmt(_mean(r['gate_first_token_mean']))} / "
-     f"{_fmt(_mean(r['gate_rest_mean']))}" if r.get("has_gate") else "—"),
+     f"{_fmt(_mean(r['gate_rest_mean']))}" if r.get("has_gate") else MISSING),
     ("SDPA output mean abs before / after gate", lambda r: f"{_fmt(_mean(r['attn_out_mean_abs']))} / "
-     f"{_fmt(_mean(r['gated_out_mean_abs']))}" if "attn_out_mean_abs" in r else "—"),
+     f"{_fmt(_mean(r['gated_out_mean_abs']))}" if "attn_out_mean_abs" in r else MISSING),
 ]
 
 
@@ -85,6 +73,9 @@ def summary_markdown(results: dict[str, dict], source: str = "") -> str:
 
 
 def _heatmaps(results: dict[str, dict], path: Path) -> None:
+    plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, len(results), figsize=(2 + 3 * len(results), 5), squeeze=False,
                              layout="constrained")
     for ax, (name, r) in zip(axes[0], results.items()):
@@ -99,6 +90,7 @@ def _heatmaps(results: dict[str, dict], path: Path) -> None:
 
 
 def _per_layer(results: dict[str, dict], path: Path) -> None:
+    plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, r in results.items():
         a.plot(r["first_token_share"], marker="o", ms=3, label=name)
@@ -115,6 +107,7 @@ def _per_layer(results: dict[str, dict], path: Path) -> None:
 
 
 def _gate_histograms(results: dict[str, dict], path: Path) -> bool:
+    plt = pyplot()
     gated = {n: r for n, r in results.items() if r.get("has_gate")}
     if not gated:
         return False
@@ -133,6 +126,7 @@ def _gate_histograms(results: dict[str, dict], path: Path) -> bool:
 
 
 def _attention_maps(results: dict[str, dict], path: Path) -> bool:
+    plt = pyplot()
     cols = max(len(r["attention_maps"]) for r in results.values())
     if not cols:
         return False
@@ -154,6 +148,7 @@ def _attention_maps(results: dict[str, dict], path: Path) -> bool:
 def write_report(results: dict[str, dict], out_dir: str | Path, source: str = "",
                  inputs: dict | None = None) -> list[Path]:
     """Write analysis.json, summary.md and the PNGs into ``out_dir``; returns the paths written."""
+    pyplot()  # fail before writing anything when matplotlib is missing
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "analysis.json", out / "summary.md"]

@@ -11,9 +11,7 @@ import gc
 import json
 from pathlib import Path
 
-from ..analysis import analyze_model, encode_text, load_analysis_target, prepare_ids, summary_markdown, write_report
 from ..analysis.analyze import SINK_CHOICES
-from ..analysis.targets import load_text, read_token_ids
 from ..errors import GatedAttnError
 
 
@@ -56,6 +54,12 @@ def _label(name: str, taken: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..analysis import analyze_model, encode_text, load_analysis_target, prepare_ids, summary_markdown, write_report
+    from ..analysis.targets import load_text, read_token_ids
+    from ..reporting import pyplot
+
+    if args.out:
+        pyplot()  # the plots need matplotlib: say so before loading any model
     if args.map_size < 1 or args.top_k < 1 or args.max_tokens < 2:
         raise GatedAttnError("--map-size and --top-k must be >= 1, and --max-tokens >= 2")
     map_layers = _layers(args.layers)

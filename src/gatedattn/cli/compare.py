@@ -2,7 +2,7 @@
 
 Writes OUT/report.md, OUT/results.json, PNG plots (loss curves, perplexity, first-token share, max
 activation, gate scores) and one run directory per variant under OUT/runs/. Re-running on the same OUT
-resumes.
+resumes, and reuses the evaluation and probes of finished runs (--fresh-eval recomputes them).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..compare import VARIANTS, CompareSettings, parse_variants, run_compare
 from ..config import parse_overrides
+from ..experiments.variants import VARIANTS, parse_variants
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -23,19 +23,25 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override for every variant, e.g. train.max_steps=800 (repeatable)")
     p.add_argument("--analysis-sequences", type=int, default=4, help="held-out sequences the probes read")
+    p.add_argument("--fresh-eval", action="store_true",
+                   help="evaluate and probe finished runs again instead of reusing results.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..experiments.compare import CompareSettings, run_compare
+    from ..training.metrics import setup_cli_logging
+
+    setup_cli_logging()
     settings = CompareSettings(out=Path(args.out), variants=parse_variants(args.variants), preset=args.preset,
                                quick=args.quick, overrides=parse_overrides(args.overrides),
-                               analysis_sequences=args.analysis_sequences, progress=not args.no_progress)
-    results = run_compare(settings)
-    print(f"wrote {settings.out / 'report.md'}, {settings.out / 'results.json'} and "
-          f"{len(results.get('plots', []))} plots")
-    for name, r in results["variants"].items():
-        a = r["analysis"]
-        gate = f", gate mean {a['gate_mean']:.3f}" if a.get("gate_mean") is not None else ""
-        print(f"  {name:<14} val ppl {r['val_ppl']:.3f}  first-token share {a['f_attn']:.3f}  "
-              f"M-Act {a['m_act']:.2f}{gate}")
+                               analysis_sequences=args.analysis_sequences, progress=not args.no_progress,
+                               fresh_eval=args.fresh_eval)
+    result = run_compare(settings)
+    print(f"wrote {settings.out / 'report.md'}, {settings.out / 'results.json'} and {len(result.plots)} plots")
+    for name, v in result.variants.items():
+        p = v.probes
+        gate = f", gate mean {p.gate_mean:.3f}" if p.gate_mean is not None else ""
+        print(f"  {name:<14} val ppl {v.val_ppl:.3f}  first-token share {p.f_attn:.3f}  "
+              f"M-Act {p.m_act:.2f}{gate}")
     return 0

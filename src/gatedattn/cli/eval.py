@@ -9,13 +9,8 @@ import argparse
 import dataclasses
 import json
 
-from ..artifacts import load_model
 from ..config import DataConfig
-from ..data.pipeline import prepare_data
 from ..errors import GatedAttnError
-from ..evaluation.perplexity import evaluate_perplexity
-from ..training.metrics import setup_cli_logging
-from ..training.trainer import pick_device
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -30,6 +25,12 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..artifacts import load_model
+    from ..data.pipeline import prepare_data
+    from ..evaluation.perplexity import evaluate_perplexity
+    from ..training.metrics import setup_cli_logging
+    from ..training.trainer import pick_device
+
     setup_cli_logging(verbose=False)
     if args.batch_size < 1 or (args.max_batches is not None and args.max_batches < 1):
         raise GatedAttnError("--batch-size and --max-batches must be >= 1")

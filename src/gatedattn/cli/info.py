@@ -9,7 +9,7 @@ import argparse
 import json
 
 from ..errors import GatedAttnError
-from ..modeling.stats import model_stats
+from ..reporting import format_number
 from .common import add_config_args, config_from_args
 
 
@@ -19,14 +19,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def _fmt(n: float) -> str:
-    for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{n:.0f}"
-
-
 def run(args: argparse.Namespace) -> int:
+    from ..modeling.stats import model_stats
+
     cfg = config_from_args(args)
     if args.seq_len is not None and args.seq_len < 1:
         raise GatedAttnError(f"--seq-len must be a positive integer, got {args.seq_len}")
@@ -49,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
             (f"forward FLOPs/token @ {stats['seq_len']}", stats["forward_flops_per_token"]),
             (f"train FLOPs/token @ {stats['seq_len']}", stats["train_flops_per_token"])]
     for name, value in rows:
-        print(f"  {name:<32} {value:>18,.0f}  ({_fmt(value)})")
+        print(f"  {name:<32} {value:>18,.0f}  ({format_number(value, si=True)})")
     print(f"  {'gate share of forward FLOPs':<32} {100 * stats['gate_flop_share']:>17.2f}%")
     print("layer 0 parameter shapes:")
     for name, shape in stats["layer_shapes"].items():

@@ -13,8 +13,6 @@ import argparse
 import json
 from pathlib import Path
 
-from ..evaluation.long_eval import long_eval, parse_lengths
-from ..evaluation.long_report import format_report
 from ..evaluation.ruler import TASKS, parse_tasks
 
 
@@ -48,6 +46,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis.targets import load_text
+    from ..evaluation.long_eval import long_eval, parse_lengths
+    from ..evaluation.long_report import format_report
 
     lengths = parse_lengths(args.lengths)
     tasks = [] if args.tasks.strip() == "none" else parse_tasks(args.tasks)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..training import train
-from ..training.metrics import setup_cli_logging
 from .common import add_config_args, config_from_args
 
 
@@ -24,6 +22,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..training import train
+    from ..training.metrics import setup_cli_logging
+
     setup_cli_logging()
     cfg = config_from_args(args)
     if args.data:

@@ -14,7 +14,7 @@ import importlib.util
 import logging
 from pathlib import Path
 
-from ..errors import GatedAttnError
+from ..errors import GatedAttnError, MissingExtraError
 from ..fileio import atomic_write_text
 from .cache import cache_dir, sha256_text
 from .corpora import Document
@@ -31,7 +31,7 @@ def _tokenizers():
     try:
         import tokenizers
     except ImportError:
-        raise GatedAttnError("tokenizers are built with HF tokenizers: pip install 'gatedattn[train]'") from None
+        raise MissingExtraError("tokenizers are built with HF tokenizers: pip install 'gatedattn[train]'") from None
     return tokenizers
 
 
@@ -73,8 +73,9 @@ class TextTokenizer:
         if not path.is_file():
             raise GatedAttnError(f"tokenizer {path} not found; data.tokenizer allows: bpe, gpt2, "
                                  "or a path to a tokenizer.json")
+        tokenizers = _tokenizers()
         try:
-            tok = _tokenizers().Tokenizer.from_file(str(path))
+            tok = tokenizers.Tokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a bare Exception for malformed JSON
             raise GatedAttnError(f"cannot read tokenizer {path}: {str(e).splitlines()[0]}") from None
         if bos_id is None or eos_id is None:
@@ -125,6 +126,7 @@ def gpt2_tokenizer() -> TextTokenizer:
 
 def build_tokenizer(spec: str, vocab_size: int, train_docs: list[Document], corpus_key: str) -> TextTokenizer:
     """The tokenizer named by ``data.tokenizer``; a trained BPE is cached by corpus hash and vocabulary size."""
+    _tokenizers()  # every kind needs HF tokenizers: say so before any work
     if spec == "gpt2":
         return gpt2_tokenizer()
     if spec != "bpe":

@@ -17,7 +17,10 @@ from pathlib import Path
 import torch
 
 from ..artifacts.runs import read_jsonl
+from ..errors import MissingExtraError
 from ..fileio import atomic_write_text
+from ..reporting import LossCurves
+from ..reporting import plot_loss_curves as plot_curves
 
 log = logging.getLogger("gatedattn.training")
 
@@ -73,32 +76,13 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 def plot_loss_curves(runs: dict[str, str | Path], out_png: str | Path) -> Path | None:
     """Training loss (solid) and validation loss (dashed, markers) against tokens seen, one colour per run
-    directory; None when matplotlib is not installed."""
+    directory; None when matplotlib is not installed (a run needs no picture to be complete)."""
+    curves = {name: LossCurves.from_records(read_metrics(Path(run_dir) / "metrics.jsonl"), x="tokens")
+              for name, run_dir in runs.items()}
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+        return plot_curves(curves, out_png, xlabel="tokens")
+    except MissingExtraError:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for i, (name, run_dir) in enumerate(runs.items()):
-        records = read_metrics(Path(run_dir) / "metrics.jsonl")
-        tokens_at = {r["step"]: r["tokens"] for r in records if "tokens" in r}
-        train = [(r["tokens"], r["loss"]) for r in records if r.get("loss") is not None]
-        val = [(tokens_at[r["step"]], r["val_loss"]) for r in records if "val_loss" in r and r["step"] in tokens_at]
-        color = f"C{i}"
-        if train:
-            ax.plot(*zip(*train), color=color, lw=1, alpha=0.8, label=f"{name} train")
-        if val:
-            ax.plot(*zip(*val), color=color, ls="--", marker="o", label=f"{name} validation")
-    ax.set_xlabel("tokens")
-    ax.set_ylabel("loss (nats/token)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return Path(out_png)
 
 
 class SpikeDetector:

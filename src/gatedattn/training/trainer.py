@@ -155,6 +155,15 @@ def _read_resume(path: Path) -> _Resume:
     return _Resume(path, state, TextTokenizer.from_file(tok_file), _flatten(saved))
 
 
+def _describes(path: Path, result: RunResult) -> bool:
+    """Whether ``path`` is a readable result.json of the same finished run (steps and tokens)."""
+    try:
+        saved = read_json_object(path)
+    except GatedAttnError:
+        return False
+    return saved.get("steps") == result.steps and saved.get("tokens") == result.tokens
+
+
 class Trainer:
     """One training run in ``out_dir``: ``train()`` runs it to ``train.max_steps`` (resuming if it can).
 
@@ -175,6 +184,7 @@ class Trainer:
         self.history: list[dict] = []
         self.resumed_from: int | None = None
         self.checkpoint: Path | None = None
+        self.trained_now = False  # whether this call trained any step
         self.train_seconds = 0.0  # training time of the run (all sessions), validation and checkpoints excluded
 
     # -- the run --------------------------------------------------------------------------------------------
@@ -184,7 +194,8 @@ class Trainer:
         lock = _lock(self.out_dir)
         try:
             self._setup()
-            if self.state.step < self.config.train.max_steps:
+            self.trained_now = self.state.step < self.config.train.max_steps
+            if self.trained_now:
                 self._run_steps()
             else:
                 log.info("%s is already trained to step %d (train.max_steps=%d)", self.out_dir, self.state.step,
@@ -437,7 +448,8 @@ class Trainer:
         atomic_write_text(out / RUN_CONFIG_YAML, self.run_config_text)
         self.data.tokenizer.save(out / TOKENIZER_NAME)
         result = self.result()
-        atomic_write_text(out / RESULT, json.dumps(result.to_dict(), indent=2))
+        if self.trained_now or not _describes(out / RESULT, result):  # else it records the finishing session
+            atomic_write_text(out / RESULT, json.dumps(result.to_dict(), indent=2))
         plot_loss_curves({out.name: out}, out / LOSS_PLOT)
         self.model.eval()
         for cb in self.callbacks:

@@ -1,0 +1,141 @@
+"""The main job: train an ungated baseline and gated twins on the same data, evaluate, probe, report.
+
+Every variant starts from the same seed and sees the same batches in the same order (one shared data
+bundle and tokenizer) for the same token budget, so the only difference between runs is the attention
+variant. Each run lives in ``OUT/runs/<variant>``; re-running the job on the same OUT resumes unfinished
+runs, and for a finished run whose evaluation and probes results.json already holds under the same
+settings it reuses those numbers (``fresh_eval`` recomputes them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import GatedAttnError
+from ..reporting import LossCurves, pyplot
+from .report import report_markdown, write_plots
+from .results import ComparisonResult, Probes, RecordedSettings, TrainSummary, VariantResult
+from .variants import VARIANTS, resolve_preset, variant_config
+
+log = logging.getLogger("gatedattn.experiments")
+
+RESULTS_NAME = "results.json"
+
+
+@dataclass
+class CompareSettings:
+    out: Path
+    variants: list[str] = field(default_factory=lambda: ["none", "g1"])
+    preset: str | None = None
+    quick: bool = False
+    overrides: dict = field(default_factory=dict)
+    analysis_sequences: int = 4
+    progress: bool = True
+    fresh_eval: bool = False  # re-evaluate and re-probe finished runs instead of reusing results.json
+
+
+def run_compare(settings: CompareSettings) -> ComparisonResult:
+    """Train, evaluate and probe every variant; write results.json, report.md and plots into ``out``."""
+    from ..fileio import atomic_write_text
+    from ..training import prepare_data
+
+    pyplot()  # the report needs matplotlib: say so before hours of training, not after
+    out = Path(settings.out)
+    configs = {v: variant_config(v, quick=settings.quick, preset=settings.preset, overrides=settings.overrides)
+               for v in settings.variants}
+    first = configs[settings.variants[0]]
+    out.mkdir(parents=True, exist_ok=True)
+    bundle = prepare_data(first)  # one tokenizer, one data set, one order for every variant
+    if bundle.val is None:
+        raise GatedAttnError("the corpus gave no validation text; use a larger corpus or data.val_fraction > 0")
+    probe_ids = _probe_ids(bundle, settings.analysis_sequences)
+    result = ComparisonResult(
+        settings=RecordedSettings(variants=list(settings.variants), quick=settings.quick,
+                                  preset=resolve_preset(settings.preset, settings.quick),
+                                  overrides=settings.overrides, analysis_input_shape=list(probe_ids.shape)),
+        data=bundle.info, variants={})
+    stored = _stored_results(out, result)
+    for name in settings.variants:
+        cfg = configs[name]
+        run_dir = out / "runs" / name
+        previous = stored.get(name)
+        if previous is not None and not settings.fresh_eval and _finished(run_dir, cfg.train.max_steps, previous):
+            log.info("%s: trained to step %d; reused its evaluation and probes from %s (--fresh-eval "
+                     "recomputes them)", name, previous.train.steps, out / RESULTS_NAME)
+            result.variants[name] = dataclasses.replace(previous, run_dir=str(run_dir))
+        else:
+            result.variants[name] = _train_and_measure(name, cfg, run_dir, bundle, probe_ids, settings)
+    result.plots = write_plots(result, out)
+    atomic_write_text(out / RESULTS_NAME, result.to_json())
+    atomic_write_text(out / "report.md", report_markdown(result))
+    return result
+
+
+def _train_and_measure(name, cfg, run_dir: Path, bundle, probe_ids, settings: CompareSettings) -> VariantResult:
+    from ..analysis import analyze_model
+    from ..evaluation.perplexity import evaluate_perplexity
+    from ..training import train
+
+    started = time.time()
+    run = train(cfg, run_dir, data=bundle, progress=settings.progress)
+    model = run.model  # the trained model itself: no reload from disk
+    log.info("evaluating %s on %s held-out tokens", name, f"{bundle.val.num_tokens:,}")
+    val = evaluate_perplexity(model, bundle.val, batch_size=cfg.train.batch_size, dtype=cfg.train.dtype,
+                              progress=settings.progress)
+    log.info("probing %s on %d held-out sequences", name, probe_ids.shape[0])
+    probes = analyze_model(model, probe_ids, sink="first", progress=settings.progress, desc=f"probe {name}")
+    summary = TrainSummary.from_dict(run.to_dict())
+    if run.resumed_from is not None and run.resumed_from >= run.steps:  # finished before: nothing trained now
+        summary = _last_session_summary(run_dir, run.steps) or summary
+    return VariantResult(name=name, config_overrides=VARIANTS[name], run_dir=str(run_dir), train=summary,
+                         wall_s=time.time() - started, parameters=sum(p.numel() for p in model.parameters()),
+                         val_loss=val.loss, val_ppl=val.perplexity, val_tokens=val.tokens,
+                         probes=Probes.from_record(probes), curves=LossCurves.from_records(run.history))
+
+
+def _last_session_summary(run_dir: Path, steps: int) -> TrainSummary | None:
+    """The summary of the session that finished the run (its result.json), which measured its throughput."""
+    try:
+        summary = TrainSummary.from_dict(json.loads((run_dir / "result.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    return summary if summary.steps == steps else None
+
+
+def _stored_results(out: Path, current: ComparisonResult) -> dict[str, VariantResult]:
+    """The variants of an earlier results.json in ``out`` measured under the current settings and data."""
+    path = out / RESULTS_NAME
+    if not path.is_file():
+        return {}
+    try:
+        stored = ComparisonResult.load(path)
+    except GatedAttnError as e:
+        log.warning("warning: %s; its runs are evaluated again", e)
+        return {}
+    same_data = json.dumps(stored.data, sort_keys=True, default=str) == json.dumps(current.data, sort_keys=True,
+                                                                                   default=str)
+    if not (same_data and stored.settings.same_runs(current.settings)):
+        return {}
+    return {name: v for name, v in stored.variants.items() if v.config_overrides == VARIANTS.get(name)}
+
+
+def _finished(run_dir: Path, max_steps: int, previous: VariantResult) -> bool:
+    """Whether the run in ``run_dir`` is trained to ``max_steps``, the step ``previous`` measured it at."""
+    from ..artifacts import checkpoint_step, latest_checkpoint
+
+    checkpoint = latest_checkpoint(run_dir)
+    return checkpoint is not None and checkpoint_step(checkpoint) == max_steps == previous.train.steps
+
+
+def _probe_ids(bundle, n_sequences: int):
+    """The first held-out sequences, packed like training ones (BOS + seq_len - 1 tokens), for the probes."""
+    n = min(n_sequences, len(bundle.val))
+    if n == 0:
+        raise GatedAttnError(f"the validation text is shorter than one sequence of data.seq_len="
+                             f"{bundle.val.seq_len}; nothing to probe")
+    return bundle.val.batch(range(n))

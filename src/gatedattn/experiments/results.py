@@ -1,0 +1,140 @@
+"""What a comparison produces, as dataclasses: per variant the training summary, held-out loss, probe
+numbers and loss curves; the whole comparison with its settings. Serialised once, to results.json
+(``to_json`` / ``from_json``); the report and the CLI read these objects, not the JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import GatedAttnError
+from ..reporting import LossCurves
+
+
+def _known(cls, d: dict) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
+@dataclass
+class TrainSummary:
+    """A run's training summary (the fields of ``RunResult.to_dict()``)."""
+
+    out_dir: str
+    steps: int
+    tokens: int
+    train_loss: float | None
+    val_loss: float | None  # the last in-training validation (a few batches), not the full held-out pass
+    checkpoint: str | None
+    spikes: int
+    nonfinite_skips: int
+    resumed_from: int | None
+    tokens_per_s: float
+    metrics_path: str
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainSummary":
+        return cls(**_known(cls, d))
+
+
+@dataclass
+class Probes:
+    """The headline probe numbers of one model, and everything ``analyze_model`` returned (``record``, keys
+    in docs/analysis.md) for the analysis report."""
+
+    f_attn: float  # first-token attention share, mean over layers and heads
+    frac_heads_above_eps: float
+    m_act: float  # mean over layers of the max |hidden|
+    gate_mean: float | None  # None without a gate
+    has_gate: bool
+    record: dict = field(repr=False)
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Probes":
+        return cls(f_attn=record["f_attn"], frac_heads_above_eps=record["frac_heads_above_eps"],
+                   m_act=record["m_act"], gate_mean=record.get("gate_mean"), has_gate=bool(record["has_gate"]),
+                   record=record)
+
+
+@dataclass
+class VariantResult:
+    name: str
+    config_overrides: dict
+    run_dir: str
+    train: TrainSummary
+    wall_s: float
+    parameters: int
+    val_loss: float  # full held-out split
+    val_ppl: float
+    val_tokens: int
+    probes: Probes
+    curves: LossCurves  # x = step
+
+    def to_dict(self) -> dict:
+        return {"config_overrides": self.config_overrides, "run_dir": self.run_dir,
+                "train": dataclasses.asdict(self.train), "wall_s": self.wall_s, "parameters": self.parameters,
+                "val_loss": self.val_loss, "val_ppl": self.val_ppl, "val_tokens": self.val_tokens,
+                "analysis": self.probes.record, "curves": self.curves.to_dict()}
+
+    @classmethod
+    def from_dict(cls, name: str, d: dict) -> "VariantResult":
+        return cls(name=name, config_overrides=d["config_overrides"], run_dir=d["run_dir"],
+                   train=TrainSummary.from_dict(d["train"]), wall_s=d["wall_s"], parameters=d["parameters"],
+                   val_loss=d["val_loss"], val_ppl=d["val_ppl"], val_tokens=d["val_tokens"],
+                   probes=Probes.from_record(d["analysis"]), curves=LossCurves.from_dict(d["curves"]))
+
+
+@dataclass
+class RecordedSettings:
+    """What the comparison was run with."""
+
+    variants: list[str]
+    quick: bool
+    preset: str
+    overrides: dict
+    analysis_input_shape: list[int]  # (sequences, tokens) the probes read
+
+    def same_runs(self, other: "RecordedSettings") -> bool:
+        """Whether a variant's run and measurements under ``other`` are those it would get under these
+        settings (the list of variants may differ)."""
+        def key(s: RecordedSettings):
+            return json.dumps([s.quick, s.preset, s.overrides, list(s.analysis_input_shape)], sort_keys=True,
+                              default=str)
+        return key(self) == key(other)
+
+
+@dataclass
+class ComparisonResult:
+    settings: RecordedSettings
+    data: dict  # the shared data bundle's record (corpus, split, token counts, tokenizer)
+    variants: dict[str, VariantResult]
+    plots: list[str] = field(default_factory=list)  # relative to the output directory
+
+    def to_dict(self) -> dict:
+        return {"settings": dataclasses.asdict(self.settings), "data": self.data,
+                "variants": {name: v.to_dict() for name, v in self.variants.items()}, "plots": self.plots}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, default=str)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ComparisonResult":
+        return cls(settings=RecordedSettings(**_known(RecordedSettings, d["settings"])), data=d["data"],
+                   variants={name: VariantResult.from_dict(name, v) for name, v in d["variants"].items()},
+                   plots=list(d.get("plots", [])))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ComparisonResult":
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ComparisonResult":
+        """Read a results.json; a missing, unreadable or foreign file is a one-line error."""
+        path = Path(path)
+        try:
+            return cls.from_json(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise GatedAttnError(f"cannot read comparison results {path}: {type(e).__name__}: {e}") from None

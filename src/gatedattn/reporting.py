@@ -1,0 +1,125 @@
+"""What every report in the package shares: the lazy matplotlib entry, the number formatter and the
+loss-curve plot.
+
+matplotlib is an extra (``gatedattn[train]``): it is imported on the first plot, so a base install runs
+everything that draws nothing. This module imports nothing else from gatedattn but the errors.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import MissingExtraError
+
+MISSING = "–"  # a value that was not measured (e.g. the gate mean of an ungated model)
+_SI_UNITS = (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3))
+
+
+def pyplot():
+    """``matplotlib.pyplot``, imported on first use (Agg backend unless pyplot is already in use)."""
+    if "matplotlib.pyplot" in sys.modules:
+        return sys.modules["matplotlib.pyplot"]
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingExtraError("plots need matplotlib: pip install 'gatedattn[train]'") from None
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def format_number(x, digits: int = 3, *, si: bool = False, decimals: int | None = None,
+                  missing: str = MISSING) -> str:
+    """One number for a table or a line of text.
+
+    Default: ``digits`` significant digits; numbers of ``digits`` or more integer digits as a
+    thousands-separated integer (1,053 rather than 1.05e+03). ``si``: K/M/B/T suffix with 2 decimals
+    (parameter and FLOP counts). ``decimals``: fixed decimals. None or NaN gives ``missing``.
+    """
+    if isinstance(x, bool) or (x is not None and not isinstance(x, numbers.Real)):
+        return str(x)
+    if x is None or math.isnan(x):
+        return missing
+    if decimals is not None:
+        return f"{x:,.{decimals}f}"
+    if si:
+        for unit, div in _SI_UNITS:
+            if abs(x) >= div:
+                return f"{x / div:.2f}{unit}"
+        return f"{x:.0f}"
+    if isinstance(x, numbers.Integral) or abs(x) >= 10 ** (digits - 1):
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}"
+
+
+@dataclass
+class LossCurves:
+    """One run's losses: (x, loss) pairs for training steps and validations; x is a step or a token count."""
+
+    train: list[tuple[int, float]] = field(default_factory=list)
+    val: list[tuple[int, float]] = field(default_factory=list)
+
+    @classmethod
+    def from_records(cls, records: list[dict], x: str = "step") -> "LossCurves":
+        """From metrics.jsonl records; ``x`` is ``step`` or ``tokens`` (validation lines take the tokens of
+        the training line of their step)."""
+        at = {r["step"]: r[x] for r in records if x in r and "loss" in r}
+        train = [(r[x], r["loss"]) for r in records if r.get("loss") is not None and x in r]
+        val = [(r["step"] if x == "step" else at[r["step"]], r["val_loss"]) for r in records
+               if "val_loss" in r and (x == "step" or r["step"] in at)]
+        return cls(train, val)
+
+    def to_dict(self) -> dict:
+        return {"train": [list(p) for p in self.train], "val": [list(p) for p in self.val]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LossCurves":
+        return cls([tuple(p) for p in d.get("train", [])], [tuple(p) for p in d.get("val", [])])
+
+
+def smooth(values: list[float], alpha: float = 0.1) -> list[float]:
+    """Exponential moving average (weight ``alpha`` on the new value)."""
+    out, avg = [], None
+    for v in values:
+        avg = v if avg is None else (1 - alpha) * avg + alpha * v
+        out.append(avg)
+    return out
+
+
+def plot_loss_curves(curves: dict[str, LossCurves], path: str | Path, *, xlabel: str = "step",
+                     smoothing: float | None = None, final_ppl: dict[str, float] | None = None) -> Path:
+    """Training loss (solid; EMA-smoothed with weight ``smoothing`` if given) and validation loss (dashed,
+    markers), one colour per run; with ``final_ppl`` a bar panel of each run's held-out perplexity."""
+    plt = pyplot()
+    if final_ppl:
+        fig, (ax, ax_ppl) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [2, 1]})
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (name, c) in enumerate(curves.items()):
+        color = f"C{i}"
+        if c.train:
+            xs, losses = zip(*c.train)
+            ys = smooth(list(losses), smoothing) if smoothing else losses
+            ax.plot(xs, ys, color=color, lw=1.2, label=f"{name} train" + (" (smoothed)" if smoothing else ""))
+        if c.val:
+            ax.plot(*zip(*c.val), "o--", color=color, ms=4, label=f"{name} validation")
+    ax.set(xlabel=xlabel, ylabel="loss (nats/token)", title="training and validation loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if final_ppl:
+        names = list(final_ppl)
+        for i, name in enumerate(names):
+            ppl = final_ppl[name]
+            ax_ppl.bar(i, ppl, color=f"C{list(curves).index(name) if name in curves else i}")
+            ax_ppl.text(i, ppl, format_number(ppl, decimals=2), ha="center", va="bottom")
+        ax_ppl.set(xticks=range(len(names)), xticklabels=names, ylabel="perplexity",
+                   title="held-out perplexity (final)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
