@@ -1,11 +1,13 @@
 """The long-eval report: markdown tables (RULER accuracy per task and length, perplexity per length and
-position bucket) and two PNGs. matplotlib is imported inside ``plot`` only, so a base install works."""
+position bucket) and two PNGs (matplotlib through ``reporting.pyplot``, imported on the first plot)."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+
+from ..reporting import format_number, pyplot
 
 
 def format_report(summary: dict) -> str:
@@ -41,17 +43,13 @@ def format_report(summary: dict) -> str:
 
 
 def _cell(value: float | None) -> str:
-    return "" if value is None else f"{value:.1f}"
+    return format_number(value, decimals=1, missing="")
 
 
 def plot(summary: dict, out_dir: Path) -> list[Path]:
     """ruler_accuracy.png (accuracy vs length per task, and their mean) and perplexity.png (perplexity vs
     position per context length, and vs context length)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     written = []
     ruler = summary.get("ruler")
     if ruler:
