@@ -2,7 +2,11 @@
 
 Two paths compute the same function from the same parameters: ``sdpa`` (torch's fused
 scaled_dot_product_attention, the fast path) and ``eager`` (explicit scores and softmax, the reference,
-which also exposes the attention probabilities at ``hook_attn_probs``).
+which also exposes the attention probabilities at ``hook_attn_probs``). The input projections and QK-norm
+run through ``ops.project_qkv_gate`` (one matmul under autograd).
+
+Shape suffixes: B batch, T new positions, S key positions (cached + new), C d_model, H query heads,
+K key/value heads, N = H + K, D head_dim.
 
 Fused q_proj row layout (g1/g4 with ``gate.fused``): the output rows are ``[queries | gate logits]``,
 queries head-major (H x head_dim), then the gate logits head-major (H x head_dim elementwise, H headwise,
@@ -22,7 +26,8 @@ from ..config import ModelConfig
 from .cache import KVCache
 from .gate import Gate, is_fused
 from .hooks import HookPoint
-from .norm import RMSNorm, rms_norm
+from .norm import RMSNorm
+from .ops import project_qkv_gate
 from .rope import apply_rotary
 
 
@@ -72,7 +77,7 @@ class Attention(nn.Module):
 
     # -- the two attention paths ------------------------------------------------------------------------
     def _sdpa(self, q, k, v, past: int) -> torch.Tensor:
-        """q: (B, H, T, D), k/v: (B, Hk, S, D) -> (B, H, T, D)."""
+        """q: (B, H, T, D), k/v: (B, K, S, D) -> (B, H, T, D); ``past`` = S - T cached positions."""
         T, S = q.shape[2], k.shape[2]
         sink = self.sink_logits()
         gqa = self.num_heads != self.num_kv_heads
@@ -114,79 +119,50 @@ class Attention(nn.Module):
         probs = self.hook_attn_probs(probs)
         return probs @ v
 
-    # -- forward -----------------------------------------------------------------------------------------
-    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Queries and keys side by side after QK-norm (B, T, H + Hk, D), values (B, T, Hk, D), and the gate
-        logits when the gate reads X (the fused q_proj rows or the gate's own projection), else None.
-
-        Under autograd all projections of X run as one matmul over their concatenated weights (rows
-        reordered to q | k | v | gate so queries and keys come out side by side, normed in one pass): the
-        concatenation is a small copy, and forward and backward each do one large matmul instead of three to
-        five. Without autograd (decoding) that copy would be paid per token, so the projections run apart,
-        as they do when a projection is not a plain nn.Linear (e.g. wrapped by an adapter library).
-        """
-        H, Hk, D = self.num_heads, self.num_kv_heads, self.head_dim
-        own = self.gate.proj if self.gate is not None else None
-        projections = (self.q_proj, self.k_proj, self.v_proj) + ((own,) if own is not None else ())
-        # Plain nn.Linear only: a replaced module (e.g. a LoRA wrapper) must run its own forward.
-        if torch.is_grad_enabled() and all(type(m) is nn.Linear for m in projections):
-            wq, bq = self.q_proj.weight, self.q_proj.bias
-            weight = torch.cat([wq[:H * D], self.k_proj.weight, self.v_proj.weight, wq[H * D:]]
-                               + ([own.weight] if own is not None else []))
-            bias = None
-            if bq is not None:  # qkv_bias; the gate's own projection has none
-                bias = torch.cat([bq[:H * D], self.k_proj.bias, self.v_proj.bias, bq[H * D:]]
-                                 + ([bq.new_zeros(own.out_features)] if own is not None else []))
-            y = F.linear(x, weight, bias)
-            sizes = [(H + Hk) * D, Hk * D, y.shape[-1] - (H + 2 * Hk) * D]
-            qk, v, logits = y.split(sizes, -1)  # split, not slices: its backward is one concatenation
-            qk = qk.unflatten(-1, (H + Hk, D))
-            if self.q_norm is not None:
-                weight = torch.cat([self.q_norm.weight.expand(H, -1), self.k_norm.weight.expand(Hk, -1)])
-                qk = rms_norm(qk, weight, self.q_norm.eps)
-            return qk, v.unflatten(-1, (Hk, D)), logits if sizes[2] else None
-        q = self.q_proj(x)
-        logits = q[..., H * D:] if self.fused_gate else (own(x) if own is not None else None)
-        q, k = q[..., :H * D].unflatten(-1, (H, D)), self.k_proj(x).unflatten(-1, (Hk, D))
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        return torch.cat([q, k], 2), self.v_proj(x).unflatten(-1, (Hk, D)), logits
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None = None) -> torch.Tensor:
-        """x: the block's pre-norm hidden state (B, T, d_model)."""
-        B, T, _ = x.shape
-        H, Hk, D = self.num_heads, self.num_kv_heads, self.head_dim
-        qk, v, gate_logits = self._project(x)
-        pos = self.gate_position
-        if pos in ("g3", "g4"):  # after QK-norm, before RoPE
-            q, k = qk.split([H, Hk], 2)
-            if pos == "g4":
-                q = self.gate(q, x, gate_logits)
-            else:
-                k = self.gate(k, x, gate_logits)
-            qk = torch.cat([q, k], 2)
-        elif pos == "g2":
-            v = self.gate(v, x, gate_logits)
-        q, k = apply_rotary(qk, cos, sin).split([H, Hk], 2)  # one rotation for queries and keys
-        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
-        if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)
-        past = k.shape[1] - T
-        attend = self._sdpa if self.implementation == "sdpa" else self._eager
-        y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), past).transpose(1, 2)  # B,T,H,D
+    def _output_nonlinearity(self, y: torch.Tensor) -> torch.Tensor:
+        """The paper's non-linearity-only controls at G1 (per-head RMSNorm or SiLU, no gate), else y."""
         if self.output_nonlinearity == "rmsnorm":
-            y = self.output_norm(y)
-        elif self.output_nonlinearity == "silu":
-            y = F.silu(y)
-        y = self.hook_attn_out(y)
-        if pos == "g1":
-            y = self.gate(y, x, gate_logits)
-        y = self.hook_gated_out(y)
-        out = self.o_proj(y.reshape(B, T, H * D))
-        if pos == "g5":
-            out = self.gate(out, x, gate_logits)
-        return self.hook_out(out)
+            return self.output_norm(y)
+        if self.output_nonlinearity == "silu":
+            return F.silu(y)
+        return y
+
+    # -- forward -----------------------------------------------------------------------------------------
+    def forward(self, x_BTC: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """x_BTC: the block's pre-norm hidden state X, which the gate reads too."""
+        B, T, _ = x_BTC.shape
+        H, K, D = self.num_heads, self.num_kv_heads, self.head_dim
+        gate_position = self.gate_position
+        # Queries and keys come out side by side (N = H + K heads) and QK-normed: one RoPE call rotates both.
+        qk_BTND, v_BTKD, gate_logits = project_qkv_gate(
+            x_BTC, self.q_proj, self.k_proj, self.v_proj, self.gate.proj if self.gate is not None else None,
+            self.q_norm, self.k_norm, H, K, D)
+        if gate_position in ("g3", "g4"):  # G4 gates the queries, G3 the keys: after QK-norm, before RoPE
+            q_BTHD, k_BTKD = qk_BTND.split([H, K], 2)
+            if gate_position == "g4":
+                q_BTHD = self.gate(q_BTHD, x_BTC, gate_logits)
+            else:
+                k_BTKD = self.gate(k_BTKD, x_BTC, gate_logits)
+            qk_BTND = torch.cat([q_BTHD, k_BTKD], 2)
+        elif gate_position == "g2":  # G2 gates the values, before they are cached
+            v_BTKD = self.gate(v_BTKD, x_BTC, gate_logits)
+        q_BTHD, k_BTKD = apply_rotary(qk_BTND, cos, sin).split([H, K], 2)
+        q_BTHD, k_BTKD, v_BTKD = self.hook_q(q_BTHD), self.hook_k(k_BTKD), self.hook_v(v_BTKD)
+        k_BSKD, v_BSKD = k_BTKD, v_BTKD  # S = key positions: the cached ones, then these T
+        if cache is not None:
+            k_BSKD, v_BSKD = cache.update(self.layer_idx, k_BTKD, v_BTKD)
+        attend = self._sdpa if self.implementation == "sdpa" else self._eager
+        y_BHTD = attend(q_BTHD.transpose(1, 2), k_BSKD.transpose(1, 2), v_BSKD.transpose(1, 2),
+                        past=k_BSKD.shape[1] - T)
+        y_BTHD = self.hook_attn_out(self._output_nonlinearity(y_BHTD.transpose(1, 2)))
+        if gate_position == "g1":  # the paper's default: each head's SDPA output, gated before o_proj
+            y_BTHD = self.gate(y_BTHD, x_BTC, gate_logits)
+        y_BTHD = self.hook_gated_out(y_BTHD)
+        out_BTC = self.o_proj(y_BTHD.reshape(B, T, H * D))
+        if gate_position == "g5":  # after o_proj: one score per model channel
+            out_BTC = self.gate(out_BTC, x_BTC, gate_logits)
+        return self.hook_out(out_BTC)
 
     @torch.no_grad()
     def reset_gate_parameters(self) -> None:
