@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -14,3 +16,18 @@ def tiny_model(**overrides) -> GatedLM:
     """A randomly initialised ``tiny`` model in float64 (tight comparisons); overrides are dotted keys."""
     cfg = load_config("tiny", {f"model.{k}": v for k, v in overrides.items()})
     return GatedLM(cfg.model).double().eval()
+
+
+@pytest.fixture
+def shared_cache(tmp_path_factory, monkeypatch):
+    """One token/tokenizer cache for the whole test session, away from the user's."""
+    monkeypatch.setenv("GATEDATTN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def write_plays(root: Path, count: int, chars: int) -> Path:
+    """The first ``count`` built-in plays, cut to ``chars`` characters each, as .txt files: a small real corpus."""
+    from gatedattn.data.corpora import shakespeare_documents
+
+    for d in shakespeare_documents()[:count]:
+        (root / f"{d.name}.txt").write_text(d.text[:chars])
+    return root

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_plays
 
 from gatedattn import GatedAttnError, GatedLM, load_config
 from gatedattn.artifacts import checkpoint_dirs, latest_checkpoint, load_model, open_latest
 from gatedattn.artifacts.checkpoints import sha256_file
 from gatedattn.artifacts.checkpoints import MAX_UNREADABLE_KEPT, prune_checkpoints
-from gatedattn.data.corpora import shakespeare_documents
 from gatedattn.training import read_metrics, train
 
 SETTINGS = {"data.vocab_size": 300, "data.seq_len": 32, "data.val_fraction": 0.25, "train.max_steps": 12,
@@ -25,18 +25,13 @@ SETTINGS = {"data.vocab_size": 300, "data.seq_len": 32, "data.val_fraction": 0.2
             "train.keep_checkpoints": 2, "train.device": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def _env(tmp_path_factory, monkeypatch):
-    torch.set_num_threads(1)
-    monkeypatch.setenv("GATEDATTN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+pytestmark = pytest.mark.usefixtures("shared_cache")
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    for d in shakespeare_documents()[:4]:
-        (root / f"{d.name}.txt").write_text(d.text[:12000])
-    return root
+    """4 plays, 12k characters each: enough for a tiny model's few steps, quick to tokenise."""
+    return write_plays(tmp_path_factory.mktemp("corpus"), 4, 12000)
 
 
 def _config(corpus, **overrides):

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_plays
 from safetensors.torch import load_file
 
 from gatedattn import GatedAttnError, GatedLM, load_config
 from gatedattn.cli.main import main
-from gatedattn.data.corpora import shakespeare_documents
 from gatedattn.artifacts import latest_checkpoint, load_model
 from gatedattn.training import TrainingError, lr_factor, param_groups, prepare_data, read_metrics, train
 from gatedattn.training.metrics import SpikeDetector
@@ -30,20 +30,13 @@ SETTINGS = {"data.vocab_size": 320, "data.seq_len": 32, "data.val_fraction": 0.2
             "train.spike_window": 3, "train.spike_factor": 1.001}
 
 
-@pytest.fixture(autouse=True)
-def _env(tmp_path_factory, monkeypatch):
-    # One thread: the tiny model gains nothing from more, and a shared machine makes OpenMP threads crawl.
-    torch.set_num_threads(1)
-    monkeypatch.setenv("GATEDATTN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+pytestmark = pytest.mark.usefixtures("shared_cache")
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """Six plays, 20k characters each: enough for a tiny model's few steps, quick to tokenise."""
-    root = tmp_path_factory.mktemp("corpus")
-    for d in shakespeare_documents()[:6]:
-        (root / f"{d.name}.txt").write_text(d.text[:20000])
-    return root
+    """6 plays, 20k characters each: enough for a tiny model's few steps, quick to tokenise."""
+    return write_plays(tmp_path_factory.mktemp("corpus"), 6, 20000)
 
 
 def _config(corpus, **overrides):
