@@ -354,3 +354,25 @@ def test_cli_train_on_the_lab_with_probes_then_eval(tmp_path, capsys):
     assert main(["train", "tiny", "--data", "bigram-backcopy", "--out", str(tmp_path / "bad"),
                  "--set", "data.bigram_backcopy.matrix=uniform"]) == 2
     assert "allowed: shakespeare, dirichlet" in capsys.readouterr().err
+
+
+def test_a_run_from_before_a_key_existed_resumes_when_the_key_is_at_its_default(tmp_path):
+    import yaml
+
+    from gatedattn.artifacts.checkpoints import sha256_file
+
+    cfg = {**SETTINGS, "train.max_steps": 5, "train.checkpoint_every": 5, "train.probe_every": 0}
+    train(load_config("tiny", cfg), tmp_path, progress=False)
+    ckpt = latest_checkpoint(tmp_path)
+    saved = yaml.safe_load((ckpt / "run_config.yaml").read_text())
+    del saved["train"]["probe_every"], saved["data"]["bigram_backcopy"]["seed"]  # as an older version wrote it
+    (ckpt / "run_config.yaml").write_text(yaml.safe_dump(saved))
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    manifest["run_config.yaml"] = {"size": (ckpt / "run_config.yaml").stat().st_size,
+                                   "sha256": sha256_file(ckpt / "run_config.yaml")}
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(GatedAttnError, match="data.bigram_backcopy.seed: None -> 1"):
+        train(load_config("tiny", {**cfg, "train.max_steps": 7, "data.bigram_backcopy.seed": 1}), tmp_path,
+              progress=False)
+    r = train(load_config("tiny", {**cfg, "train.max_steps": 7}), tmp_path, progress=False)
+    assert r.resumed_from == 5 and r.steps == 7
