@@ -314,3 +314,96 @@ def test_ungated_model_has_no_gate_keys():
     r = analyze_model(tiny_model(), torch.randint(0, 256, (1, 20)), progress=False)
     assert r["has_gate"] is False and "gate_mean" not in r
     assert r["attn_out_mean_abs"] == r["gated_out_mean_abs"]
+
+
+# -- the sink lab's probes: active/dormant split, sink rate, value drain, residual peak ---------------------
+
+def test_chunked_active_dormant_split_matches_explicit_softmax():
+    B, H, Hk, T, D = 2, 4, 2, 37, 8
+    q, k = torch.randn(B, H, T, D, dtype=torch.float64) * 2, torch.randn(B, Hk, T, D, dtype=torch.float64) * 2
+    sink_pos = torch.tensor([0, 3])
+    active = torch.rand(B, T) < 0.3
+    got = attention_head_stats(q, k, 0.4, sink_pos, active_queries=active, query_chunk=5, key_chunk=7)
+    s = q @ k.repeat_interleave(H // Hk, 1).transpose(-1, -2) * 0.4
+    p = torch.softmax(s.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf")), -1)
+    for group, mask in (("active", active), ("dormant", ~active)):
+        shares = [p[b, :, t, int(sink_pos[b])] for b in range(B) for t in range(int(sink_pos[b]) + 1, T) if mask[b, t]]
+        torch.testing.assert_close(got[f"first_token_share_{group}"], torch.stack(shares, -1).mean(-1), atol=1e-10, rtol=0)
+        assert int(got[f"queries_{group}"]) == len(shares)
+    none = attention_head_stats(q, k, 0.4, sink_pos, active_queries=torch.zeros(B, T, dtype=torch.bool))
+    assert torch.isnan(none["first_token_share_active"]).all() and int(none["queries_active"]) == 0
+
+
+def _norm_ratio(x, first):
+    """Brute force: x (B, T, ..., D) -> mean first-token norm / lower median of the other tokens' norms."""
+    n = x.double().norm(dim=-1)
+    firsts = torch.stack([n[b, t] for b in range(n.shape[0]) for t in range(n.shape[1]) if first[b, t]])
+    rest = torch.stack([n[b, t] for b in range(n.shape[0]) for t in range(n.shape[1]) if not first[b, t]])
+    return firsts.mean(0) / rest.sort(0).values[(rest.shape[0] - 1) // 2]
+
+
+@pytest.mark.parametrize("overrides", [{}, {"attention.num_register_tokens": 2},
+                                       {"attention.gate.position": "g2", "attention.sink": "learned"}],
+                         ids=["baseline", "registers", "g2-sink"])
+def test_lab_probes_match_eager_probs_and_explicit_norms(overrides):
+    model = tiny_model(**overrides)
+    ids = torch.randint(0, 256, (3, 33))
+    ids[:, 0] = 0
+    active = torch.rand(3, 33) < 0.25
+    values, resid = {}, {}
+    for i, layer in enumerate(model.layers):
+        layer.attn.hook_v.register_forward_hook(lambda m, a, o, i=i: values.__setitem__(i, o))
+        layer.hook_resid_post.register_forward_hook(lambda m, a, o, i=i: resid.__setitem__(i, o))
+    r = analyze_model(model, ids, active_queries=active, eps=0.02, progress=False, query_chunk=4, key_chunk=5)
+    R = model.num_register_tokens
+    first = torch.zeros(3, 33, dtype=torch.bool)
+    first[:, 0] = True
+    shares = []
+    for i, p in _eager_probs(model, ids).items():
+        q = p[:, :, R + 1:, R]  # B, H, counted queries: share of the first text token
+        shares.append(q.mean((0, 2)))
+        for group, mask in (("active", active[:, 1:]), ("dormant", ~active[:, 1:])):
+            expect = q.permute(1, 0, 2)[:, mask].mean(-1)
+            assert r[f"first_token_share_{group}_per_head"][i] == pytest.approx(expect.tolist(), abs=TOL)
+        assert r["value_drain_per_head"][i] == pytest.approx(_norm_ratio(values[i][:, R:], first).tolist(), rel=1e-6)
+        assert r["residual_peak"][i] == pytest.approx(float(_norm_ratio(resid[i][:, R:], first)), rel=1e-6)
+    shares = torch.stack(shares)
+    assert r["sink_rate"] == pytest.approx(float((shares > 0.02).double().mean())) == r["frac_heads_above_eps"]
+    dormant = torch.tensor(r["first_token_share_dormant_per_head"])
+    assert r["sink_rate_dormant"] == pytest.approx(float((dormant > 0.02).double().mean()))
+    assert r["queries_active"] + r["queries_dormant"] == r["queries_per_head"] == 3 * 32
+    assert len(r["value_drain_per_head"][0]) == model.config.attention.num_kv_heads
+    assert "f_attn_active" not in analyze_model(model, ids, progress=False)
+    with pytest.raises(GatedAttnError, match="active_queries has shape"):
+        analyze_model(model, ids, active_queries=active[:, 1:], progress=False)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_lab_probes_on_hf_models_match_output_attentions_and_explicit_norms(family):
+    pytest.importorskip("transformers")
+    model = _hf_models()[family]().double().eval()
+    ids = torch.randint(0, 128, (2, 30))
+    active = torch.rand(2, 30) < 0.3
+    seen = {}
+    layers = hf_probes.decoder_layers(model)
+    for i, layer in enumerate(layers):
+        attn = hf_probes.attention_module(layer)
+        proj = attn.v_proj if hasattr(attn, "v_proj") else attn.c_attn
+        proj.register_forward_hook(lambda m, a, o, i=i: seen.__setitem__(("v", i), o))
+        layer.register_forward_hook(lambda m, a, o, i=i: seen.__setitem__(("h", i), o[0] if isinstance(o, tuple) else o))
+    r = analyze_model(model, ids, active_queries=active, progress=False)
+    with torch.no_grad():
+        out = model(ids, output_attentions=True, use_cache=False)
+    first = torch.zeros(2, 30, dtype=torch.bool)
+    first[:, 0] = True
+    for i, p in enumerate(out.attentions):
+        q = p[:, :, 1:, 0]
+        expect = q.permute(1, 0, 2)[:, active[:, 1:]].mean(-1)
+        assert r["first_token_share_active_per_head"][i] == pytest.approx(expect.tolist(), abs=TOL)
+        v = seen["v", i]
+        if family == "gpt2":  # c_attn: [q | k | v]
+            v = v[..., 2 * 64:]
+        heads = len(r["value_drain_per_head"][i])
+        v = v.view(2, 30, heads, -1)
+        assert r["value_drain_per_head"][i] == pytest.approx(_norm_ratio(v, first).tolist(), rel=1e-6)
+        assert r["residual_peak"][i] == pytest.approx(float(_norm_ratio(seen["h", i], first)), rel=1e-6)

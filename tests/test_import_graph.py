@@ -20,7 +20,8 @@ ALLOWED = {
     "artifacts": {"config", "modeling", "data"},
     "evaluation": {"config", "modeling", "data", "artifacts", "reporting"},
     "analysis": {"config", "modeling", "data", "artifacts", "reporting"},
-    "training": {"config", "modeling", "data", "artifacts", "reporting", "evaluation", ROOT},
+    # training runs the sink probes of analysis during training (train.probe_every); analysis never imports training
+    "training": {"config", "modeling", "data", "artifacts", "reporting", "evaluation", "analysis", ROOT},
     "experiments": {"config", "modeling", "data", "artifacts", "reporting", "evaluation", "analysis", "training"},
 }
 LEAVES = {"errors", "fileio"}

@@ -180,14 +180,45 @@ class ModelConfig:
 
 
 @dataclass
+class BigramBackcopyConfig:
+    """``data.source=bigram-backcopy``: the synthetic Bigram-Backcopy task (Guo et al. 2024).
+
+    ``vocab`` ordinary tokens plus BOS; a bigram matrix from the Shakespeare text's character bigrams
+    (the ``vocab`` most frequent characters) or seeded Dirichlet(``dirichlet_alpha``) rows; the
+    ``triggers`` most frequent tokens are triggers, after which the next token copies the one before.
+    """
+
+    vocab: int = 64
+    triggers: int = 3
+    matrix: Literal["shakespeare", "dirichlet"] = "shakespeare"
+    dirichlet_alpha: float = 0.3
+    seed: int = 0
+    train_sequences: int = 20000
+    val_sequences: int = 512
+
+    def validate(self) -> None:
+        if not 2 <= self.vocab <= 65535:
+            raise ConfigError(f"data.bigram_backcopy.vocab must be in [2, 65535], got {self.vocab}")
+        if not 0 <= self.triggers < self.vocab:
+            raise ConfigError(f"data.bigram_backcopy.triggers must be in [0, vocab={self.vocab}), got {self.triggers}")
+        if self.dirichlet_alpha <= 0:
+            raise ConfigError(f"data.bigram_backcopy.dirichlet_alpha must be positive, got {self.dirichlet_alpha}")
+        if self.train_sequences < 1 or self.val_sequences < 0:
+            raise ConfigError("data.bigram_backcopy.train_sequences must be >= 1 and val_sequences >= 0, got "
+                              f"{self.train_sequences} and {self.val_sequences}")
+
+
+@dataclass
 class DataConfig:
-    # Built-in corpora ("shakespeare", "python-stdlib") or paths, comma-separated.
+    # Built-in corpora ("shakespeare", "python-stdlib", the synthetic "bigram-backcopy") or paths, comma-separated.
     source: str = "shakespeare"
     text_field: str = "text"  # the JSONL field / parquet column holding the text
     tokenizer: str = "bpe"  # bpe (trained on the training split) | gpt2 | path to a tokenizer.json
     vocab_size: int = 4096  # of the trained BPE (at least 257: 256 bytes + <|endoftext|>)
     seq_len: int = 256  # tokens per training sequence, BOS included
     val_fraction: float = 0.1  # share of the text held out (whole documents) for validation
+    # The synthetic task's settings (data.source=bigram-backcopy; tokenizer, vocab_size, val_fraction unused).
+    bigram_backcopy: BigramBackcopyConfig = field(default_factory=BigramBackcopyConfig)
 
     def validate(self) -> None:
         if self.vocab_size <= 0:
@@ -223,6 +254,7 @@ class TrainConfig:
     spike_factor: float = 1.5  # a loss above spike_factor x the median of the last spike_window is a spike
     spike_window: int = 50
     max_nonfinite: int = 5  # stop after this many non-finite losses/gradients in a row (each is skipped)
+    probe_every: int = 0  # sink probes on the first validation sequences every N steps, to metrics.jsonl; 0 = off
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when available, else CPU
 
     def validate(self) -> None:
@@ -231,7 +263,8 @@ class TrainConfig:
         for key in positive:
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("warmup_steps", "eval_every", "eval_batches", "checkpoint_every", "weight_decay", "grad_clip"):
+        for key in ("warmup_steps", "eval_every", "eval_batches", "checkpoint_every", "weight_decay", "grad_clip",
+                    "probe_every"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0 (0 = off), got {getattr(self, key)}")
         if self.lr <= 0:

@@ -8,8 +8,10 @@ accepts. The keys of the returned dict are documented in docs/analysis.md.
 
 from .analyze import SINK_EPS, analyze_model
 from .attention import attention_head_stats, attention_map
+from .probes import SinkProbe, plot_probe_curves, sink_probe
 from .report import summary_markdown, write_report
 from .targets import AnalysisTarget, encode_text, load_analysis_target, prepare_ids
 
 __all__ = ["analyze_model", "attention_head_stats", "attention_map", "load_analysis_target", "AnalysisTarget",
-           "encode_text", "prepare_ids", "summary_markdown", "write_report", "SINK_EPS"]
+           "encode_text", "prepare_ids", "summary_markdown", "write_report", "SINK_EPS", "SinkProbe",
+           "plot_probe_curves", "sink_probe"]

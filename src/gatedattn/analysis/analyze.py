@@ -7,6 +7,8 @@ the hooks, layer by layer, and only small per-layer results are kept.
 Positions: "first token" is position 0 of the input (``sink="first"``; the BOS when one leads) or the
 first BOS token of each sequence (``sink="bos"``). Register tokens of our models are prepended positions:
 they are never counted as queries nor as "the first token"; their total share is ``register_share``.
+``active_queries`` (B, T) splits the queries in two groups (the Bigram-Backcopy task's trigger queries, where
+Guo et al.'s heads are active, and the dormant rest) for the first-token share and the sink rate.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..errors import GatedAttnError
 from ..modeling.model import GatedLM
-from .activations import activation_stats
+from .activations import activation_stats, first_token_norm_ratio
 from .attention import attention_head_stats, attention_map
 from .gates import THRESHOLDS, gate_stats, histogram_edges
 
@@ -35,25 +37,38 @@ def _stop(module, args, output):
 
 class _Recorder:
     def __init__(self, num_registers: int, sink_pos: torch.Tensor, num_tokens: int, map_layers: set[int],
-                 map_size: int, top_k: int, query_chunk: int, key_chunk: int, bar):
+                 map_size: int, top_k: int, query_chunk: int, key_chunk: int, bar,
+                 active_queries: torch.Tensor | None = None):
         self.R, self.sink_pos = num_registers, sink_pos
+        self.active = None
+        if active_queries is not None:  # registers are never counted queries: pad them as dormant
+            pad = torch.zeros(active_queries.shape[0], num_registers, dtype=torch.bool)
+            self.active = torch.cat([pad, active_queries.cpu().bool()], 1)
         self.first = torch.arange(num_tokens)[None, :] == sink_pos[:, None]  # (B, T): the sink token
         self.map_layers, self.map_size, self.top_k = map_layers, map_size, top_k
         self.chunks = dict(query_chunk=query_chunk, key_chunk=key_chunk)
         self.bar = bar
         self.attn, self.maps, self.acts, self.reg_acts = {}, {}, {}, {}
         self.gates, self.attn_out, self.gated_out = {}, {}, {}
+        self.values, self.resid_norms = {}, {}
 
     def on_attention(self, i, q, k, scale, sink_logit, window):
         """q (B, H, T, D), k (B, Hk, T, D), post-RoPE, over the full sequence (registers included)."""
+        active = None if self.active is None else self.active.to(q.device)
         self.attn[i] = attention_head_stats(q, k, scale, self.sink_pos + self.R, num_registers=self.R,
-                                            sink_logit=sink_logit, window=window, **self.chunks)
+                                            sink_logit=sink_logit, window=window, active_queries=active,
+                                            **self.chunks)
         if i in self.map_layers:
             self.maps[i] = attention_map(q, k, scale, self.map_size, sink_logit, window).mean(0)
         self.bar.update(1)
 
+    def on_value(self, i, v):
+        """v (B, Hk, T, D): the value states attention reads (registers included)."""
+        self.values[i] = first_token_norm_ratio(v[:, :, self.R:].transpose(1, 2), self.first)
+
     def on_residual(self, i, h):
         self.acts[i] = activation_stats(h[:, self.R:], self.top_k)
+        self.resid_norms[i] = first_token_norm_ratio(h[:, self.R:], self.first)
         if self.R:
             self.reg_acts[i] = float(h[:, :self.R].abs().max())
 
@@ -78,6 +93,7 @@ def _register_gatedlm_probes(model: GatedLM, rec: _Recorder, handles: list) -> N
                              attn.sink_logits(), None)
 
         handles += [attn.hook_q.register_forward_hook(keep_q), attn.hook_k.register_forward_hook(on_k),
+                    attn.hook_v.register_forward_hook(lambda m, a, o, i=i: rec.on_value(i, o.transpose(1, 2))),
                     layer.hook_resid_post.register_forward_hook(lambda m, a, o, i=i: rec.on_residual(i, o)),
                     attn.hook_attn_out.register_forward_hook(lambda m, a, o, i=i: rec.on_attn_out(i, o, False)),
                     attn.hook_gated_out.register_forward_hook(lambda m, a, o, i=i: rec.on_attn_out(i, o, True))]
@@ -117,11 +133,12 @@ def _model_info(model: nn.Module) -> dict:
 def analyze_model(model: nn.Module, input_ids, *, sink: str = "first", bos_token_id: int | None = None,
                   eps: float = SINK_EPS, map_layers: list[int] | None = None, map_size: int = 16,
                   top_k: int = 4, query_chunk: int = 256, key_chunk: int = 1024,
-                  progress: bool = True, desc: str = "analyze") -> dict:
+                  active_queries=None, progress: bool = True, desc: str = "analyze") -> dict:
     """Attention-sink, massive-activation and gate statistics of ``model`` on ``input_ids`` ((T,) or (B, T)).
 
     ``map_layers`` (default: first, middle, last) get a head-averaged ``map_size`` x ``map_size``
-    attention map of the first positions (registers included). Keys are documented in docs/analysis.md.
+    attention map of the first positions (registers included). ``active_queries``: a bool mask shaped like
+    the input marking the "active" queries (the rest are "dormant"). Keys are documented in docs/analysis.md.
     """
     info = _model_info(model)
     ids = torch.as_tensor(input_ids, dtype=torch.long)
@@ -129,6 +146,12 @@ def analyze_model(model: nn.Module, input_ids, *, sink: str = "first", bos_token
     if ids.dim() != 2 or ids.shape[1] < 2:
         raise GatedAttnError(f"analysis needs at least 2 tokens per sequence, got input of shape {tuple(ids.shape)}")
     L, R = info["num_layers"], info["num_register_tokens"]
+    if active_queries is not None:
+        active_queries = torch.as_tensor(active_queries, dtype=torch.bool)
+        active_queries = active_queries[None] if active_queries.dim() == 1 else active_queries
+        if active_queries.shape != ids.shape:
+            raise GatedAttnError(f"active_queries has shape {tuple(active_queries.shape)}; it must match the "
+                                 f"input's {tuple(ids.shape)}")
     sink_pos = _sink_positions(ids, sink, bos_token_id if bos_token_id is not None else info["bos_token_id"])
     if map_layers is None:
         map_layers = [0, L // 2, L - 1]
@@ -142,7 +165,8 @@ def analyze_model(model: nn.Module, input_ids, *, sink: str = "first", bos_token
     model.eval()
     handles: list = []
     with tqdm(total=L, desc=desc, unit="layer", disable=not progress) as bar:
-        rec = _Recorder(R, sink_pos, ids.shape[1], set(map_layers), map_size, top_k, query_chunk, key_chunk, bar)
+        rec = _Recorder(R, sink_pos, ids.shape[1], set(map_layers), map_size, top_k, query_chunk, key_chunk, bar,
+                        active_queries)
         try:
             if isinstance(model, GatedLM):
                 _register_gatedlm_probes(model, rec, handles)
@@ -150,7 +174,7 @@ def analyze_model(model: nn.Module, input_ids, *, sink: str = "first", bos_token
             else:
                 from .hf import decoder_layers, register_hf_probes
 
-                register_hf_probes(model, rec.on_attention, rec.on_residual, handles)
+                register_hf_probes(model, rec.on_attention, rec.on_residual, handles, on_value=rec.on_value)
                 last = decoder_layers(model)[-1]
             handles.append(last.register_forward_hook(_stop))
             try:
@@ -192,6 +216,25 @@ def _assemble(info: dict, rec: _Recorder, ids: torch.Tensor, sink: str, sink_pos
            "massive_activation_ratio": [a["ratio"] for a in acts],
            "top_activations": [a["top"] for a in acts],
            "m_act": sum(a["max_abs"] for a in acts) / L}
+    out["sink_rate"] = out["frac_heads_above_eps"]  # Gu et al.'s name for it
+    if "first_token_share_active" in attn[0]:
+        for group in ("active", "dormant"):
+            per_head = torch.stack([a[f"first_token_share_{group}"] for a in attn]).cpu()
+            empty = int(attn[0][f"queries_{group}"]) == 0
+            out[f"queries_{group}"] = int(attn[0][f"queries_{group}"])
+            out[f"first_token_share_{group}"] = None if empty else per_head.mean(1).tolist()
+            out[f"first_token_share_{group}_per_head"] = None if empty else per_head.tolist()
+            out[f"f_attn_{group}"] = None if empty else float(per_head.mean())
+            out[f"sink_rate_{group}"] = None if empty else float((per_head > eps).float().mean())
+    values = _per_layer(rec.values, L, "value states")
+    drain = torch.stack([v["ratio"] for v in values]).cpu()  # L, Hk
+    out.update({"value_drain": drain.mean(1).tolist(), "value_drain_per_head": drain.tolist(),
+                "value_first_norm_per_head": [v["first_norm"].tolist() for v in values],
+                "value_median_norm_per_head": [v["median_norm"].tolist() for v in values]})
+    resid = _per_layer(rec.resid_norms, L, "residual norms")
+    out.update({"residual_peak": [float(r["ratio"]) for r in resid],
+                "residual_first_norm": [float(r["first_norm"]) for r in resid],
+                "residual_median_norm": [float(r["median_norm"]) for r in resid]})
     for key in ("register_share", "sink_peer_share"):
         if key in attn[0]:
             per_head = torch.stack([a[key] for a in attn]).cpu()

@@ -12,6 +12,9 @@ Conventions (documented in docs/analysis.md):
 - A virtual sink slot (learned or off-by-one sink logit) is part of the softmax: its mass is reported as
   ``sink_peer_share`` and its probability enters the entropy.
 - GQA: query head ``h`` reads KV head ``h // (H / Hk)`` (HF ``repeat_kv`` and our ``repeat_interleave``).
+- ``active_queries`` (B, T) splits the counted queries in two groups (e.g. the Bigram-Backcopy task's queries
+  at trigger tokens, where Guo et al.'s heads are active, and the dormant rest); the first-token share is then
+  also reported per group.
 """
 
 from __future__ import annotations
@@ -40,14 +43,16 @@ def _grouped(q: torch.Tensor, k: torch.Tensor):
 @torch.no_grad()
 def attention_head_stats(q: torch.Tensor, k: torch.Tensor, scale: float, sink_pos: torch.Tensor, *,
                          num_registers: int = 0, sink_logit: torch.Tensor | None = None,
-                         window: int | None = None, query_chunk: int = 256,
-                         key_chunk: int = 1024) -> dict[str, torch.Tensor]:
+                         window: int | None = None, active_queries: torch.Tensor | None = None,
+                         query_chunk: int = 256, key_chunk: int = 1024) -> dict[str, torch.Tensor]:
     """Mean over counted queries (and the batch) of per-head attention statistics.
 
     q: (B, H, T, D) and k: (B, Hk, T, D), post-RoPE; ``scale`` multiplies q·k; ``sink_pos`` (B,) the
     position of the token whose share is measured (>= num_registers). Returns (H,) tensors:
     ``first_token_share``, ``entropy`` (nats), ``queries`` (how many were counted), and
-    ``register_share`` / ``sink_peer_share`` when there are registers / a sink logit.
+    ``register_share`` / ``sink_peer_share`` when there are registers / a sink logit. With ``active_queries``
+    ((B, T) bool over the positions of q), also ``first_token_share_active`` / ``_dormant`` (nan for a group
+    with no counted query) and their query counts ``queries_active`` / ``queries_dormant``.
     """
     B, H, T, _ = q.shape
     qg, kg = _grouped(q, k)
@@ -59,6 +64,12 @@ def attention_head_stats(q: torch.Tensor, k: torch.Tensor, scale: float, sink_po
     sums = {name: qg.new_zeros(Hk, G) for name in ("first_token_share", "entropy", "register_share",
                                                   "sink_peer_share")}
     count = qg.new_zeros(())
+    groups = {}
+    if active_queries is not None:
+        if active_queries.shape != (B, T):
+            raise ValueError(f"active_queries must have shape {(B, T)}, got {tuple(active_queries.shape)}")
+        active_queries = active_queries.to(dev, torch.bool)
+        groups = {g: [qg.new_zeros(Hk, G), qg.new_zeros(())] for g in ("active", "dormant")}
     for a in range(0, T, query_chunk):
         b = min(a + query_chunk, T)
         qc = qg[..., a:b, :]
@@ -109,6 +120,11 @@ def attention_head_stats(q: torch.Tensor, k: torch.Tensor, scale: float, sink_po
         for name, value in stats.items():
             sums[name] += (value * w).sum((0, -1))
         count += counted.sum()
+        for group, acc in groups.items():
+            in_group = active_queries[:, a:b] if group == "active" else ~active_queries[:, a:b]
+            wg = counted * in_group.to(qg.dtype)
+            acc[0] += (stats["first_token_share"] * wg[:, None, None, :]).sum((0, -1))
+            acc[1] += wg.sum()
     if count == 0:
         raise ValueError("no query comes after the sink position: the input is too short")
     out = {name: (v / count).reshape(H) for name, v in sums.items()}
@@ -117,6 +133,9 @@ def attention_head_stats(q: torch.Tensor, k: torch.Tensor, scale: float, sink_po
     if peer is None:
         del out["sink_peer_share"]
     out["queries"] = count
+    for group, (total, n) in groups.items():
+        out[f"first_token_share_{group}"] = (total / n).reshape(H)  # nan when the group is empty
+        out[f"queries_{group}"] = n
     return out
 
 

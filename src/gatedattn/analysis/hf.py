@@ -90,9 +90,10 @@ def check_rows(q, k, v, scale, sink, window, actual: torch.Tensor, name: str) ->
                              f"own (relative error {err:.1e}); this architecture is not supported")
 
 
-def register_hf_probes(model: nn.Module, on_attention, on_residual, handles: list) -> None:
-    """Add to ``handles`` hooks calling ``on_attention(i, q, k, scale, sink_logit, window)`` and
-    ``on_residual(i, h)`` (h: the residual stream after block i)."""
+def register_hf_probes(model: nn.Module, on_attention, on_residual, handles: list, on_value=None) -> None:
+    """Add to ``handles`` hooks calling ``on_attention(i, q, k, scale, sink_logit, window)``,
+    ``on_residual(i, h)`` (h: the residual stream after block i) and, if given, ``on_value(i, v)`` (v: the
+    value states, (B, Hk, T, D))."""
     for i, layer in enumerate(decoder_layers(model)):
         attn = attention_module(layer)
         pending = {}
@@ -102,6 +103,8 @@ def register_hf_probes(model: nn.Module, on_attention, on_residual, handles: lis
             pending.update(q=q, k=k, v=v, scale=module.scaling, sink=sink_logit(module),
                            window=getattr(module, "sliding_window", None))
             on_attention(i, q, k, pending["scale"], pending["sink"], pending["window"])
+            if on_value is not None:
+                on_value(i, v)
 
         def before_out_proj(module, args, name=type(attn).__name__, pending=pending):
             if pending:  # the call that follows this layer's attention pre-hook

@@ -168,6 +168,9 @@ def parse_source(source: str) -> list[str]:
 def load_corpus(source: str, text_field: str = "text") -> Corpus:
     """A built-in corpus by name, or user files/folders (comma-separated)."""
     parts = parse_source(source)
+    if "bigram-backcopy" in parts:
+        raise GatedAttnError("bigram-backcopy is a synthetic corpus of token ids, not text: it is read by "
+                             "training and eval (data.source); for analyze, give its token ids (--token-ids)")
     if len(parts) == 1 and parts[0] in BUILTIN_CORPORA:
         return Corpus(builtin_documents(parts[0]))
     builtin = [p for p in parts if p in BUILTIN_CORPORA]

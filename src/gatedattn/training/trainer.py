@@ -42,7 +42,8 @@ from .state import TrainState, rng_state, set_rng_state
 # Settings that may differ when a run is resumed: they change neither the model nor the data order.
 # (A new max_steps keeps the learning-rate schedule planned for the first one: see Trainer._setup.)
 RESUMABLE_CHANGES = ("train.max_steps", "train.log_every", "train.eval_every", "train.eval_batches",
-                     "train.checkpoint_every", "train.keep_checkpoints", "train.compile", "train.device")
+                     "train.checkpoint_every", "train.keep_checkpoints", "train.compile", "train.device",
+                     "train.probe_every")
 
 LOSS_KEYS = ("loss", "lm_loss", "aux_loss", "load_balance_loss", "z_loss")  # GatedLMOutput fields, all logged
 
@@ -171,7 +172,7 @@ class Trainer:
     the same ``train.seed`` they also see the same batches in the same order). ``init_from``: a model or
     run directory whose weights and tokenizer start the run (shapes must match). ``model``: a ready-built
     GatedLM to train instead of a fresh one (its vocabulary must match the tokenizer). ``callbacks``: see
-    ``training.callbacks``.
+    ``training.callbacks``; with ``train.probe_every > 0`` a ``SinkProbeCallback`` comes first.
     """
 
     def __init__(self, config: Config, out_dir: str | Path, data: DataBundle | None = None,
@@ -180,6 +181,11 @@ class Trainer:
         self.requested, self.out_dir = config, Path(out_dir)
         self.data, self.init_from, self.model, self.progress = data, init_from, model, progress
         self.callbacks = list(callbacks)
+        if config.train.probe_every > 0:
+            from .probes import SinkProbeCallback
+
+            self.callbacks.insert(0, SinkProbeCallback(config.train.probe_every))
+        self.metrics: MetricsLog | None = None
         self.state = TrainState()
         self.history: list[dict] = []
         self.resumed_from: int | None = None
@@ -231,6 +237,7 @@ class Trainer:
         finally:
             bar.close()
             self.metrics.close()
+            self.metrics = None
 
     def train_step(self) -> dict:
         """One optimizer step over ``grad_accum`` micro-batches; returns the step's numbers."""
@@ -321,6 +328,21 @@ class Trainer:
         self.metrics.write(record)
         self.history.append(record)
 
+    def log_metrics(self, record: dict) -> None:
+        """Append a record (it must carry "step", so that a resume truncates it with the rest) to metrics.jsonl
+        and the run's history; callbacks use this, also after the training loop has closed its log."""
+        if "step" not in record:
+            raise ValueError("a metrics record needs its 'step'")
+        if self.metrics is not None:
+            self._log(record)
+            return
+        metrics = MetricsLog(self.out_dir / METRICS, tensorboard=False)
+        try:
+            metrics.write(record)
+        finally:
+            metrics.close()
+        self.history.append(record)
+
     # -- state ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything beside the weights that a resumed run needs (saved as trainer_state.pt)."""
@@ -405,8 +427,10 @@ class Trainer:
 
     def _check_same_run(self, saved: dict) -> None:
         new = _flatten(self.config.to_dict())
+        default = _flatten(Config().to_dict())  # a key added since the run started, at its default, is no change
         diff = [f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(saved) | set(new))
-                if saved.get(k) != new.get(k) and k not in RESUMABLE_CHANGES]
+                if saved.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
+                and not (k not in saved and k in default and new.get(k) == default[k])]
         if diff:
             raise GatedAttnError(f"{self.out_dir} holds a run with other settings ({'; '.join(diff[:4])}); resume "
                                  "it with its own settings or train into another --out")
