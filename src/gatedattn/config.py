@@ -423,6 +423,16 @@ PRESETS: dict[str, dict] = {
                   "attention": {"num_heads": 4, "num_kv_heads": 2, "head_dim": 32}},
         "data": {"seq_len": 128, "vocab_size": 2048},
     },
+    # The sink lab (Bigram-Backcopy, Guo et al. 2024): one layer, one head, where a baseline grows an
+    # attention sink within a few CPU minutes (the budget search is in docs/results.md).
+    "sink-lab": {
+        "model": {"d_model": 256, "num_layers": 1, "ffn_dim": 1024, "tie_embeddings": False,
+                  "attention": {"num_heads": 1, "num_kv_heads": 1, "head_dim": 256, "qk_norm": True}},
+        "data": {"source": "bigram-backcopy", "seq_len": 128, "bigram_backcopy": {"train_sequences": 50000,
+                                                                                  "val_sequences": 256}},
+        "train": {"lr": 1e-3, "weight_decay": 1e-4, "batch_size": 64, "max_steps": 250, "warmup_steps": 20,
+                  "eval_every": 0, "eval_batches": 2, "checkpoint_every": 50, "probe_every": 25},
+    },
     # The paper's dense 1.7B, 28 layers.
     "paper-dense-1.7b-28l": {
         "model": {"vocab_size": QWEN_VOCAB, "d_model": 2048, "num_layers": 28, "ffn_dim": 6144,

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import MissingExtraError
+from ..reporting import pyplot
 from .analyze import SINK_EPS, analyze_model
 
 PREFIX = "probe/"
@@ -43,6 +45,20 @@ class SinkProbe:
         return {prefix + k: v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
+    def from_analysis(cls, r: dict, eps: float = SINK_EPS) -> "SinkProbe":
+        """From what ``analyze_model`` returned (with ``eps`` as its sink threshold)."""
+        drain = r["value_drain_per_head"]
+        return cls(
+            sink_rate=r["sink_rate"], sink_eps=eps, f_attn=r["f_attn"], f_attn_dormant=r.get("f_attn_dormant"),
+            f_attn_active=r.get("f_attn_active"), sink_rate_dormant=r.get("sink_rate_dormant"),
+            value_drain=float(torch.tensor(drain).mean()),
+            residual_peak=sum(r["residual_peak"]) / len(r["residual_peak"]), m_act=r["m_act"],
+            gate_mean=r.get("gate_mean"), first_token_share_per_head=r["first_token_share_per_head"],
+            first_token_share_dormant_per_head=r.get("first_token_share_dormant_per_head"),
+            first_token_share_active_per_head=r.get("first_token_share_active_per_head"),
+            value_drain_per_head=drain, residual_peak_per_layer=r["residual_peak"])
+
+    @classmethod
     def from_record(cls, record: dict, prefix: str = PREFIX) -> "SinkProbe":
         return cls(**{f.name: record.get(prefix + f.name) for f in dataclasses.fields(cls)})
 
@@ -51,15 +67,7 @@ def sink_probe(model: nn.Module, input_ids, active_queries=None, eps: float = SI
     """The sink numbers of ``model`` on ``input_ids`` (B, T); ``active_queries`` a (B, T) bool mask or None."""
     r = analyze_model(model, input_ids, eps=eps, map_layers=[], active_queries=active_queries, top_k=1,
                       progress=False)
-    drain = r["value_drain_per_head"]
-    return SinkProbe(
-        sink_rate=r["sink_rate"], sink_eps=eps, f_attn=r["f_attn"], f_attn_dormant=r.get("f_attn_dormant"),
-        f_attn_active=r.get("f_attn_active"), sink_rate_dormant=r.get("sink_rate_dormant"),
-        value_drain=float(torch.tensor(drain).mean()), residual_peak=sum(r["residual_peak"]) / len(r["residual_peak"]),
-        m_act=r["m_act"], gate_mean=r.get("gate_mean"), first_token_share_per_head=r["first_token_share_per_head"],
-        first_token_share_dormant_per_head=r.get("first_token_share_dormant_per_head"),
-        first_token_share_active_per_head=r.get("first_token_share_active_per_head"),
-        value_drain_per_head=drain, residual_peak_per_layer=r["residual_peak"])
+    return SinkProbe.from_analysis(r, eps)
 
 
 def probe_history(records: list[dict]) -> list[tuple[int, SinkProbe]]:
@@ -73,10 +81,8 @@ def plot_probe_curves(runs: dict[str, str | Path | list[dict]], out_png: str | P
     and residual peak over training steps, one colour per run (a run directory or its metrics records);
     None when matplotlib is not installed."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+        plt = pyplot()
+    except MissingExtraError:
         return None
     from ..artifacts.runs import read_jsonl
 

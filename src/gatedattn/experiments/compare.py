@@ -1,10 +1,12 @@
 """The main job: train an ungated baseline and gated twins on the same data, evaluate, probe, report.
 
-Every variant starts from the same seed and sees the same batches in the same order (one shared data
-bundle and tokenizer) for the same token budget, so the only difference between runs is the attention
-variant. Each run lives in ``OUT/runs/<variant>``; re-running the job on the same OUT resumes unfinished
-runs, and for a finished run whose evaluation and probes results.json already holds under the same
-settings it reuses those numbers (``fresh_eval`` recomputes them).
+Two tasks, in this order: the sink lab (Bigram-Backcopy, where a baseline grows an attention sink within
+minutes, with sink probes logged during training) and natural text. Within a task every variant starts
+from the same seed and sees the same batches in the same order (one shared data bundle and tokenizer) for
+the same token budget, so the only difference between runs is the attention variant. Each run lives in
+``OUT/<task>/runs/<variant>``; re-running the job on the same OUT resumes unfinished runs, and for a
+finished run whose evaluation and probes ``OUT/<task>/results.json`` already holds under the same settings
+it reuses those numbers (``fresh_eval`` recomputes them). ``OUT/report.md`` leads with the lab.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ..errors import GatedAttnError
 from ..reporting import LossCurves, pyplot
 from .report import report_markdown, write_plots
 from .results import ComparisonResult, Probes, RecordedSettings, TrainSummary, VariantResult
-from .variants import VARIANTS, resolve_preset, variant_config
+from .variants import LAB_PRESET, TASKS, VARIANTS, resolve_preset, variant_config
 
 log = logging.getLogger("gatedattn.experiments")
 
@@ -31,22 +33,41 @@ RESULTS_NAME = "results.json"
 class CompareSettings:
     out: Path
     variants: list[str] = field(default_factory=lambda: ["none", "g1"])
-    preset: str | None = None
+    preset: str | None = None  # of the text task
     quick: bool = False
-    overrides: dict = field(default_factory=dict)
+    overrides: dict = field(default_factory=dict)  # of the text task
+    lab_overrides: dict = field(default_factory=dict)  # of the sink lab
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
     analysis_sequences: int = 4
     progress: bool = True
     fresh_eval: bool = False  # re-evaluate and re-probe finished runs instead of reusing results.json
 
 
-def run_compare(settings: CompareSettings) -> ComparisonResult:
-    """Train, evaluate and probe every variant; write results.json, report.md and plots into ``out``."""
+@dataclass
+class Comparison:
+    """The comparison of every task, in report order."""
+
+    tasks: dict[str, ComparisonResult]
+
+
+def run_compare(settings: CompareSettings) -> Comparison:
+    """Train, evaluate and probe every variant on every task; write each task's results.json and plots into
+    ``out/<task>/`` and report.md into ``out``."""
     from ..fileio import atomic_write_text
-    from ..training import prepare_data
 
     pyplot()  # the report needs matplotlib: say so before hours of training, not after
     out = Path(settings.out)
-    configs = {v: variant_config(v, quick=settings.quick, preset=settings.preset, overrides=settings.overrides)
+    comparison = Comparison({task: _run_task(task, settings, out / task) for task in settings.tasks})
+    atomic_write_text(out / "report.md", report_markdown(comparison))
+    return comparison
+
+
+def _run_task(task: str, settings: CompareSettings, out: Path) -> ComparisonResult:
+    from ..fileio import atomic_write_text
+    from ..training import prepare_data
+
+    overrides = settings.lab_overrides if task == "lab" else settings.overrides
+    configs = {v: variant_config(v, quick=settings.quick, preset=settings.preset, overrides=overrides, task=task)
                for v in settings.variants}
     first = configs[settings.variants[0]]
     out.mkdir(parents=True, exist_ok=True)
@@ -54,11 +75,11 @@ def run_compare(settings: CompareSettings) -> ComparisonResult:
     if bundle.val is None:
         raise GatedAttnError("the corpus gave no validation text; use a larger corpus or data.val_fraction > 0")
     probe_ids = _probe_ids(bundle, settings.analysis_sequences)
+    preset = LAB_PRESET if task == "lab" else resolve_preset(settings.preset, settings.quick)
     result = ComparisonResult(
-        settings=RecordedSettings(variants=list(settings.variants), quick=settings.quick,
-                                  preset=resolve_preset(settings.preset, settings.quick),
-                                  overrides=settings.overrides, analysis_input_shape=list(probe_ids.shape)),
-        data=bundle.info, variants={})
+        settings=RecordedSettings(variants=list(settings.variants), quick=settings.quick, preset=preset,
+                                  overrides=overrides, analysis_input_shape=list(probe_ids.shape)),
+        data=bundle.info, variants={}, task=task)
     stored = _stored_results(out, result)
     for name in settings.variants:
         cfg = configs[name]
@@ -69,15 +90,19 @@ def run_compare(settings: CompareSettings) -> ComparisonResult:
                      "recomputes them)", name, previous.train.steps, out / RESULTS_NAME)
             result.variants[name] = dataclasses.replace(previous, run_dir=str(run_dir))
         else:
+            log.info("%s: %s task", name, "sink lab" if task == "lab" else "natural text")
             result.variants[name] = _train_and_measure(name, cfg, run_dir, bundle, probe_ids, settings)
     result.plots = write_plots(result, out)
     atomic_write_text(out / RESULTS_NAME, result.to_json())
-    atomic_write_text(out / "report.md", report_markdown(result))
     return result
 
 
 def _train_and_measure(name, cfg, run_dir: Path, bundle, probe_ids, settings: CompareSettings) -> VariantResult:
+    import torch
+
     from ..analysis import analyze_model
+    from ..analysis.probes import SinkProbe, probe_history
+    from ..evaluation.bigram_backcopy import lab_loss
     from ..evaluation.perplexity import evaluate_perplexity
     from ..training import train
 
@@ -88,14 +113,22 @@ def _train_and_measure(name, cfg, run_dir: Path, bundle, probe_ids, settings: Co
     val = evaluate_perplexity(model, bundle.val, batch_size=cfg.train.batch_size, dtype=cfg.train.dtype,
                               progress=settings.progress)
     log.info("probing %s on %d held-out sequences", name, probe_ids.shape[0])
-    probes = analyze_model(model, probe_ids, sink="first", progress=settings.progress, desc=f"probe {name}")
+    lab = bundle.lab
+    active = torch.as_tensor(lab.active_queries(probe_ids)) if lab is not None else None
+    probes = analyze_model(model, probe_ids, sink="first", progress=settings.progress, desc=f"probe {name}",
+                           active_queries=active)
+    lab_result = sink = None
+    if lab is not None:
+        lab_result = lab_loss(model, lab, bundle.val, batch_size=cfg.train.batch_size, dtype=cfg.train.dtype)
+        sink = SinkProbe.from_analysis(probes)
     summary = TrainSummary.from_dict(run.to_dict())
     if run.resumed_from is not None and run.resumed_from >= run.steps:  # finished before: nothing trained now
         summary = _last_session_summary(run_dir, run.steps) or summary
     return VariantResult(name=name, config_overrides=VARIANTS[name], run_dir=str(run_dir), train=summary,
                          wall_s=time.time() - started, parameters=sum(p.numel() for p in model.parameters()),
                          val_loss=val.loss, val_ppl=val.perplexity, val_tokens=val.tokens,
-                         probes=Probes.from_record(probes), curves=LossCurves.from_records(run.history))
+                         probes=Probes.from_record(probes), curves=LossCurves.from_records(run.history),
+                         lab=lab_result, sink=sink, sink_curve=probe_history(run.history))
 
 
 def _last_session_summary(run_dir: Path, steps: int) -> TrainSummary | None:

@@ -10,7 +10,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..analysis.probes import SinkProbe
 from ..errors import GatedAttnError
+from ..evaluation.bigram_backcopy import LabLoss
 from ..reporting import LossCurves
 
 
@@ -72,19 +74,31 @@ class VariantResult:
     val_tokens: int
     probes: Probes
     curves: LossCurves  # x = step
+    # The sink lab only: the loss split beside the Bayes-optimal one, the final sink probe (active and
+    # dormant queries), and the probes logged during training (step, probe).
+    lab: LabLoss | None = None
+    sink: SinkProbe | None = None
+    sink_curve: list[tuple[int, SinkProbe]] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
-        return {"config_overrides": self.config_overrides, "run_dir": self.run_dir,
-                "train": dataclasses.asdict(self.train), "wall_s": self.wall_s, "parameters": self.parameters,
-                "val_loss": self.val_loss, "val_ppl": self.val_ppl, "val_tokens": self.val_tokens,
-                "analysis": self.probes.record, "curves": self.curves.to_dict()}
+        out = {"config_overrides": self.config_overrides, "run_dir": self.run_dir,
+               "train": dataclasses.asdict(self.train), "wall_s": self.wall_s, "parameters": self.parameters,
+               "val_loss": self.val_loss, "val_ppl": self.val_ppl, "val_tokens": self.val_tokens,
+               "analysis": self.probes.record, "curves": self.curves.to_dict()}
+        if self.lab is not None:
+            out.update(lab=self.lab.to_dict(), sink=dataclasses.asdict(self.sink),
+                       sink_curve=[[step, dataclasses.asdict(p)] for step, p in self.sink_curve])
+        return out
 
     @classmethod
     def from_dict(cls, name: str, d: dict) -> "VariantResult":
         return cls(name=name, config_overrides=d["config_overrides"], run_dir=d["run_dir"],
                    train=TrainSummary.from_dict(d["train"]), wall_s=d["wall_s"], parameters=d["parameters"],
                    val_loss=d["val_loss"], val_ppl=d["val_ppl"], val_tokens=d["val_tokens"],
-                   probes=Probes.from_record(d["analysis"]), curves=LossCurves.from_dict(d["curves"]))
+                   probes=Probes.from_record(d["analysis"]), curves=LossCurves.from_dict(d["curves"]),
+                   lab=LabLoss(**d["lab"]) if d.get("lab") else None,
+                   sink=SinkProbe(**d["sink"]) if d.get("sink") else None,
+                   sink_curve=[(step, SinkProbe(**p)) for step, p in d.get("sink_curve", [])])
 
 
 @dataclass
@@ -108,13 +122,16 @@ class RecordedSettings:
 
 @dataclass
 class ComparisonResult:
+    """One task's comparison ("lab": the Bigram-Backcopy sink lab; "text": natural text)."""
+
     settings: RecordedSettings
     data: dict  # the shared data bundle's record (corpus, split, token counts, tokenizer)
     variants: dict[str, VariantResult]
-    plots: list[str] = field(default_factory=list)  # relative to the output directory
+    plots: list[str] = field(default_factory=list)  # relative to the task's output directory
+    task: str = "text"
 
     def to_dict(self) -> dict:
-        return {"settings": dataclasses.asdict(self.settings), "data": self.data,
+        return {"task": self.task, "settings": dataclasses.asdict(self.settings), "data": self.data,
                 "variants": {name: v.to_dict() for name, v in self.variants.items()}, "plots": self.plots}
 
     def to_json(self) -> str:
@@ -124,7 +141,7 @@ class ComparisonResult:
     def from_dict(cls, d: dict) -> "ComparisonResult":
         return cls(settings=RecordedSettings(**_known(RecordedSettings, d["settings"])), data=d["data"],
                    variants={name: VariantResult.from_dict(name, v) for name, v in d["variants"].items()},
-                   plots=list(d.get("plots", [])))
+                   plots=list(d.get("plots", [])), task=d.get("task", "text"))
 
     @classmethod
     def from_json(cls, text: str) -> "ComparisonResult":

@@ -41,6 +41,22 @@ BUDGETS: dict[str, dict] = {
 }
 DEFAULT_PRESET = {"default": "small", "quick": "compare-quick"}
 
+# The sink lab task: the "sink-lab" preset is the default budget; quick halves the batch and trains 120 steps.
+LAB_PRESET = "sink-lab"
+LAB_BUDGETS: dict[str, dict] = {
+    "default": {},
+    "quick": {"train.batch_size": 32, "train.max_steps": 120, "train.probe_every": 20, "train.checkpoint_every": 60},
+}
+TASKS = ("lab", "text")  # compare runs the sink lab, then natural text
+
+
+def parse_tasks(spec: str) -> list[str]:
+    names = [t.strip() for t in spec.split(",") if t.strip()]
+    unknown = [t for t in names if t not in TASKS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise GatedAttnError(f"--tasks {spec!r}: give each of {', '.join(TASKS)} at most once, comma-separated")
+    return [t for t in TASKS if t in names]  # the lab leads the report
+
 
 def parse_variants(spec: str) -> list[str]:
     """``"none, g1"`` -> ``["none", "g1"]``; unknown or repeated names are a one-line error."""
@@ -62,7 +78,9 @@ def resolve_preset(preset: str | None, quick: bool) -> str:
 
 
 def variant_config(variant: str, *, quick: bool = False, preset: str | None = None,
-                   overrides: dict | None = None) -> Config:
+                   overrides: dict | None = None, task: str = "text") -> Config:
     """The config of one variant: preset, then the budget, then the user's overrides, then the variant's."""
+    if task == "lab":
+        return load_config(LAB_PRESET, {**LAB_BUDGETS[budget_name(quick)], **(overrides or {}), **VARIANTS[variant]})
     return load_config(resolve_preset(preset, quick),
                        {**BUDGETS[budget_name(quick)], **(overrides or {}), **VARIANTS[variant]})
