@@ -1,3 +1,8 @@
+import os
+import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -31,3 +36,21 @@ def write_plays(root: Path, count: int, chars: int) -> Path:
     for d in shakespeare_documents()[:count]:
         (root / f"{d.name}.txt").write_text(d.text[:chars])
     return root
+
+
+def kill_when_paused(child_script: str, *args: str) -> None:
+    """Run ``python -c child_script *args``; when it prints PAUSED on stderr (at the point the script
+    injected), SIGKILL it there. Fails if the child ends before it pauses."""
+    proc = subprocess.Popen([sys.executable, "-c", child_script, *args], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    watchdog = threading.Timer(180, proc.kill)
+    watchdog.start()
+    try:
+        for line in proc.stderr:
+            if "PAUSED" in line:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        proc.wait()
+    finally:
+        watchdog.cancel()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it reached the pause point"

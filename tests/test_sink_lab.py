@@ -4,11 +4,6 @@ the CLI end to end."""
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import kill_when_paused
 from gatedattn import GatedAttnError, load_config
 from gatedattn.artifacts import latest_checkpoint, load_model
 from gatedattn.cli.main import main
 from gatedattn.config import BigramBackcopyConfig, ConfigError
 from gatedattn.data import BigramBackcopy, prepare_data
-from gatedattn.data import bigram_backcopy as bbc
 from gatedattn.data.tokenizer import TextTokenizer
 from gatedattn.evaluation import lab_loss
 from gatedattn.training import read_metrics, train
@@ -308,20 +303,7 @@ train(load_config("tiny", json.loads(sys.argv[2])), sys.argv[3], progress=False,
 
 
 def _kill_when_paused(out, pause: str) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, pause, json.dumps(SETTINGS), str(out)],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    watchdog = threading.Timer(180, proc.kill)
-    watchdog.start()
-    try:
-        for line in proc.stderr:
-            if "PAUSED" in line:
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-        proc.wait()
-    finally:
-        watchdog.cancel()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it reached the pause point"
+    kill_when_paused(_CHILD, pause, json.dumps(SETTINGS), str(out))
 
 
 @pytest.mark.parametrize("pause,probes_before", [("step:13", [0, 5, 10]), ("checkpoint:20", [0, 5, 10, 15])])

@@ -2,17 +2,12 @@
 
 import json
 import math
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_plays
+from conftest import kill_when_paused, write_plays
 from safetensors.torch import load_file
 
 from gatedattn import GatedAttnError, GatedLM, load_config
@@ -192,20 +187,7 @@ train(load_config("tiny", json.loads(sys.argv[2])), sys.argv[3], progress=False,
 
 def _kill_when_paused(corpus, out, pause: str) -> None:
     """Train in a subprocess that pauses at ``pause``, then SIGKILL it there."""
-    overrides = json.dumps({**SETTINGS, "data.source": str(corpus)})
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, pause, overrides, str(out)], stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    watchdog = threading.Timer(180, proc.kill)
-    watchdog.start()
-    try:
-        for line in proc.stderr:
-            if "PAUSED" in line:
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-        proc.wait()
-    finally:
-        watchdog.cancel()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it reached the pause point"
+    kill_when_paused(_CHILD, pause, json.dumps({**SETTINGS, "data.source": str(corpus)}), str(out))
 
 
 def _records(run_dir):

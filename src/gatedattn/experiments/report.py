@@ -66,7 +66,7 @@ def lab_markdown(result: ComparisonResult) -> list[str]:
              "| first-token share active | value drain | residual peak | gate mean |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
-        r, lab_loss, sink = v[name], v[name].lab, v[name].sink
+        lab_loss, sink = v[name].lab, v[name].sink
         lines.append(f"| {name} | {_cell(lab_loss.loss, 4)} | {_cell(lab_loss.excess_loss, 4)} | "
                      f"{_cell(lab_loss.copy_loss, 4)} | {_cell(sink.sink_rate, 2)} | {_cell(sink.f_attn_dormant)} | "
                      f"{_cell(sink.f_attn_active)} | {_cell(sink.value_drain)} | {_cell(sink.residual_peak)} | "
