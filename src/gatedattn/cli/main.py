@@ -11,7 +11,7 @@ import sys
 
 from ..errors import GatedAttnError
 
-COMMANDS = ["info", "analyze", "train", "eval", "generate", "compare", "long-eval"]
+COMMANDS = ["info", "analyze", "train", "eval", "generate", "compare", "sweep", "long-eval"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,8 +20,10 @@ from pathlib import Path
 
 from ..errors import GatedAttnError
 from ..reporting import LossCurves, pyplot
+from .measure import probe_ids as _probe_ids
+from .measure import train_and_measure
 from .report import report_markdown, write_plots
-from .results import ComparisonResult, Probes, RecordedSettings, TrainSummary, VariantResult
+from .results import ComparisonResult, RecordedSettings, VariantResult
 from .variants import LAB_PRESET, TASKS, VARIANTS, resolve_preset, variant_config
 
 log = logging.getLogger("gatedattn.experiments")
@@ -91,53 +93,11 @@ def _run_task(task: str, settings: CompareSettings, out: Path) -> ComparisonResu
             result.variants[name] = dataclasses.replace(previous, run_dir=str(run_dir))
         else:
             log.info("%s: %s task", name, "sink lab" if task == "lab" else "natural text")
-            result.variants[name] = _train_and_measure(name, cfg, run_dir, bundle, probe_ids, settings)
+            result.variants[name] = train_and_measure(name, cfg, run_dir, bundle, probe_ids, VARIANTS[name],
+                                                      progress=settings.progress)
     result.plots = write_plots(result, out)
     atomic_write_text(out / RESULTS_NAME, result.to_json())
     return result
-
-
-def _train_and_measure(name, cfg, run_dir: Path, bundle, probe_ids, settings: CompareSettings) -> VariantResult:
-    import torch
-
-    from ..analysis import analyze_model
-    from ..analysis.probes import SinkProbe, probe_history
-    from ..evaluation.bigram_backcopy import lab_loss
-    from ..evaluation.perplexity import evaluate_perplexity
-    from ..training import train
-
-    started = time.time()
-    run = train(cfg, run_dir, data=bundle, progress=settings.progress)
-    model = run.model  # the trained model itself: no reload from disk
-    log.info("evaluating %s on %s held-out tokens", name, f"{bundle.val.num_tokens:,}")
-    val = evaluate_perplexity(model, bundle.val, batch_size=cfg.train.batch_size, dtype=cfg.train.dtype,
-                              progress=settings.progress)
-    log.info("probing %s on %d held-out sequences", name, probe_ids.shape[0])
-    lab = bundle.lab
-    active = torch.as_tensor(lab.active_queries(probe_ids)) if lab is not None else None
-    probes = analyze_model(model, probe_ids, sink="first", progress=settings.progress, desc=f"probe {name}",
-                           active_queries=active)
-    lab_result = sink = None
-    if lab is not None:
-        lab_result = lab_loss(model, lab, bundle.val, batch_size=cfg.train.batch_size, dtype=cfg.train.dtype)
-        sink = SinkProbe.from_analysis(probes)
-    summary = TrainSummary.from_dict(run.to_dict())
-    if run.resumed_from is not None and run.resumed_from >= run.steps:  # finished before: nothing trained now
-        summary = _last_session_summary(run_dir, run.steps) or summary
-    return VariantResult(name=name, config_overrides=VARIANTS[name], run_dir=str(run_dir), train=summary,
-                         wall_s=time.time() - started, parameters=sum(p.numel() for p in model.parameters()),
-                         val_loss=val.loss, val_ppl=val.perplexity, val_tokens=val.tokens,
-                         probes=Probes.from_record(probes), curves=LossCurves.from_records(run.history),
-                         lab=lab_result, sink=sink, sink_curve=probe_history(run.history))
-
-
-def _last_session_summary(run_dir: Path, steps: int) -> TrainSummary | None:
-    """The summary of the session that finished the run (its result.json), which measured its throughput."""
-    try:
-        summary = TrainSummary.from_dict(json.loads((run_dir / "result.json").read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
-    return summary if summary.steps == steps else None
 
 
 def _stored_results(out: Path, current: ComparisonResult) -> dict[str, VariantResult]:
@@ -163,12 +123,3 @@ def _finished(run_dir: Path, max_steps: int, previous: VariantResult) -> bool:
 
     checkpoint = latest_checkpoint(run_dir)
     return checkpoint is not None and checkpoint_step(checkpoint) == max_steps == previous.train.steps
-
-
-def _probe_ids(bundle, n_sequences: int):
-    """The first held-out sequences, packed like training ones (BOS + seq_len - 1 tokens), for the probes."""
-    n = min(n_sequences, len(bundle.val))
-    if n == 0:
-        raise GatedAttnError(f"the validation text is shorter than one sequence of data.seq_len="
-                             f"{bundle.val.seq_len}; nothing to probe")
-    return bundle.val.batch(range(n))

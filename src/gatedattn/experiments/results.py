@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +63,25 @@ class Probes:
 
 
 @dataclass
+class Stability:
+    """How smoothly a run trained, from its metrics records."""
+
+    max_grad_norm: float | None  # before clipping, over finite steps
+    spikes: int  # steps whose loss exceeded train.spike_factor x the recent median
+    largest_spike: float | None  # the highest loss among those steps
+    nonfinite_steps: int  # non-finite losses or gradients (skipped)
+
+    @classmethod
+    def from_records(cls, records: list[dict]) -> "Stability":
+        steps = [r for r in records if "grad_norm" in r]
+        norms = [r["grad_norm"] for r in steps if r["grad_norm"] is not None and math.isfinite(r["grad_norm"])]
+        spiked = [r["loss"] for r in steps if r.get("spike") and r.get("loss") is not None]
+        nonfinite = sum(1 for r in steps if r.get("loss") is None or not math.isfinite(r["loss"])
+                        or r["grad_norm"] is None or not math.isfinite(r["grad_norm"]))
+        return cls(max(norms, default=None), len(spiked), max(spiked, default=None), nonfinite)
+
+
+@dataclass
 class VariantResult:
     name: str
     config_overrides: dict
@@ -79,12 +99,15 @@ class VariantResult:
     lab: LabLoss | None = None
     sink: SinkProbe | None = None
     sink_curve: list[tuple[int, SinkProbe]] = field(default_factory=list, repr=False)
+    stability: Stability | None = None
 
     def to_dict(self) -> dict:
         out = {"config_overrides": self.config_overrides, "run_dir": self.run_dir,
                "train": dataclasses.asdict(self.train), "wall_s": self.wall_s, "parameters": self.parameters,
                "val_loss": self.val_loss, "val_ppl": self.val_ppl, "val_tokens": self.val_tokens,
                "analysis": self.probes.record, "curves": self.curves.to_dict()}
+        if self.stability is not None:
+            out["stability"] = dataclasses.asdict(self.stability)
         if self.lab is not None:
             out.update(lab=self.lab.to_dict(), sink=dataclasses.asdict(self.sink),
                        sink_curve=[[step, dataclasses.asdict(p)] for step, p in self.sink_curve])
@@ -98,7 +121,8 @@ class VariantResult:
                    probes=Probes.from_record(d["analysis"]), curves=LossCurves.from_dict(d["curves"]),
                    lab=LabLoss(**d["lab"]) if d.get("lab") else None,
                    sink=SinkProbe(**d["sink"]) if d.get("sink") else None,
-                   sink_curve=[(step, SinkProbe(**p)) for step, p in d.get("sink_curve", [])])
+                   sink_curve=[(step, SinkProbe(**p)) for step, p in d.get("sink_curve", [])],
+                   stability=Stability(**d["stability"]) if d.get("stability") else None)
 
 
 @dataclass
