@@ -318,6 +318,20 @@ def test_shared_data_bundle_gives_two_runs_the_same_batches(corpus, tmp_path):
         train(_config(corpus, **{"data.seq_len": 16}), tmp_path / "c", data=bundle, progress=False)
 
 
+def test_tensorboard_events_have_grouped_tags(reference_run):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = reference_run
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/grad_norm", "val/loss", "val/ppl"} <= tags, tags
+    assert all("/" in t for t in tags)  # no ungrouped tag
+    logged = [(r["step"], r["loss"]) for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert [(e.step, pytest.approx(e.value)) for e in events.Scalars("train/loss")] == logged
+
+
 def test_cli_train_eval_generate(corpus, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "tiny", "--data", str(corpus), "--out", str(out), "--no-progress"] + [
