@@ -162,12 +162,13 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(self.format(record), file=sys.stderr)
 
 
-def setup_cli_logging(verbose: bool = True) -> None:
-    """Route gatedattn's log lines to stderr through tqdm, so they do not break the progress bar."""
+def setup_cli_logging(level: int = logging.INFO) -> None:
+    """Route gatedattn's log lines of ``level`` and above to stderr through tqdm, so they do not break the
+    progress bar."""
     logger = logging.getLogger("gatedattn")
     if not any(isinstance(h, _TqdmHandler) for h in logger.handlers):
         handler = _TqdmHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.propagate = False
-    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    logger.setLevel(level)

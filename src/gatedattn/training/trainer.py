@@ -97,11 +97,15 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def pick_device(name: str) -> torch.device:
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def pick_device(name: str, setting: str = "train.device") -> torch.device:
+    """auto, cpu or cuda (``setting`` names where the choice came from, for the error)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise GatedAttnError("train.device=cuda but no CUDA device is available; allowed: auto, cpu, cuda")
+        raise GatedAttnError(f"{setting}=cuda but no CUDA device is available; allowed: {', '.join(DEVICES)}")
     return torch.device(name)
 
 
