@@ -57,6 +57,25 @@ def format_number(x, digits: int = 3, *, si: bool = False, decimals: int | None 
     return f"{x:.{digits}g}"
 
 
+def value_scale(values, span: float = 100.0) -> str:
+    """"log" for positive values spanning at least ``span`` x (where a linear axis would flatten the small
+    ones), else "linear"."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return "log" if finite and min(finite) > 0 and max(finite) >= span * min(finite) else "linear"
+
+
+def plain_ticks(axis) -> None:
+    """Tick labels as plain numbers (``format_number``: 20, 0.5, 1,000), not powers of ten, on a linear or
+    log axis; a log axis spanning less than a decade labels its minor ticks too (it has few major ones)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    label = FuncFormatter(lambda value, _: format_number(value))
+    axis.set_major_formatter(label)
+    if axis.get_scale() == "log":
+        lo, hi = sorted(axis.get_view_interval())
+        axis.set_minor_formatter(label if lo > 0 and hi / lo < 10 else NullFormatter())
+
+
 @dataclass
 class LossCurves:
     """One run's losses: (x, loss) pairs for training steps and validations; x is a step or a token count."""

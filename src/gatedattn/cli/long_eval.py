@@ -64,6 +64,6 @@ def run(args: argparse.Namespace) -> int:
         print(format_report(summary))
         if args.json is not None:
             Path(args.json).write_text(json.dumps(summary, indent=2))
-    if args.out is not None:
-        print(f"results in {args.out}/ (summary.json, report.md, samples.jsonl, perplexity.jsonl, PNGs)")
+    if summary["files"]:
+        print(f"results in {args.out}/: {', '.join(summary['files'])}")
     return 0
