@@ -231,3 +231,17 @@ def test_no_preset_warns_about_its_own_settings(name, tmp_path, monkeypatch):
     assert [m for m in messages if not m.startswith("tokenizer: training a byte-level BPE")] == []
     assert cfg.data.vocab_size >= MIN_BPE_VOCAB and tok.vocab_size <= cfg.data.vocab_size
 
+
+def test_readme_parameter_counts_are_the_models():
+    """The sizes the README states are what the presets build (compare --quick: with its budget's vocabulary)."""
+    from pathlib import Path
+
+    from gatedattn.experiments.variants import variant_config
+    from gatedattn.reporting import format_number
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for label, cfg in (("quick", variant_config("none", quick=True)), ("quick-g1", variant_config("g1", quick=True)),
+                       ("small", load_config("small"))):
+        size = format_number(model_stats(cfg.model, cfg.data.seq_len)["total_params"], si=True)
+        assert size in readme, (label, size)
+    assert "1.1M" not in readme and "1.3M" not in readme and "6.8M" not in readme
