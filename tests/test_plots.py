@@ -10,6 +10,8 @@ import pytest
 import torch
 from conftest import tiny_model
 
+from gatedattn.reporting import format_number
+
 pytest.importorskip("matplotlib")
 
 
@@ -48,7 +50,7 @@ def test_analysis_plots_integer_layers_plain_ticks_and_values_in_cells(tmp_path,
     heat = saved_figures["first_token_share_heatmap.png"]
     cells = [t.get_text() for t in heat.axes[0].texts]
     share = record["first_token_share_per_head"]
-    assert cells == [f"{v:.2f}" for row in share for v in row]
+    assert cells == [format_number(v, 2) for row in share for v in row]
     for ax in heat.axes[:2]:
         assert all(float(t).is_integer() for t in ax.get_yticks() if 0 <= t <= 2)
     gate_ticks = _tick_texts(saved_figures["gate_histograms.png"].axes[0].yaxis)
@@ -58,9 +60,9 @@ def test_analysis_plots_integer_layers_plain_ticks_and_values_in_cells(tmp_path,
 def test_near_zero_shares_get_a_fitted_colour_scale_that_says_so():
     from gatedattn.reporting import heatmap_range
 
-    assert heatmap_range([[[0.5, 0.01]], [[0.2]]]) == (1.0, "")
+    assert heatmap_range([[[0.5, 0.01]], [[0.2]]]) == (1.0, "") and heatmap_range([[[0.1]]]) == (1.0, "")
     top, note = heatmap_range([[[0.004, 0.012]], [[0.003]]])
-    assert top == 0.012 and note == " (colour scale 0 to 0.012: every value is near zero)"
+    assert top == 0.012 and note == "\n(colour scale 0 to 0.012: every value is near zero)"
 
 
 def test_loss_legend_shows_the_last_validation_point_beside_the_final_whole_split_figure(tmp_path, saved_figures):

@@ -116,18 +116,18 @@ def smooth(values: list[float], alpha: float = 0.1) -> list[float]:
     return out
 
 
-def heatmap_range(matrices, near_zero: float = 0.05) -> tuple[float, str]:
+def heatmap_range(matrices, near_zero: float = 0.1) -> tuple[float, str]:
     """The top of a [0, 1] share's colour scale: 1, or the data's maximum when every value is below
     ``near_zero`` (a 0-1 scale would paint them all one colour), with a note stating that range."""
     top = max((float(v) for m in matrices for row in m for v in row), default=0.0)
     if 0 < top < near_zero:
-        return top, f" (colour scale 0 to {format_number(top)}: every value is near zero)"
+        return top, f"\n(colour scale 0 to {format_number(top)}: every value is near zero)"
     return 1.0, ""
 
 
 def annotate_cells(ax, matrix, max_cells: int = 400) -> bool:
-    """Print each cell's value (2 decimals) in a heatmap drawn with ``imshow``; skipped above ``max_cells``
-    cells, where the text would not be readable. Whether it printed them."""
+    """Print each cell's value (2 significant digits) in a heatmap drawn with ``imshow``; skipped above
+    ``max_cells`` cells, where the text would not be readable. Whether it printed them."""
     rows, cols = len(matrix), len(matrix[0]) if len(matrix) else 0
     if not rows * cols or rows * cols > max_cells:
         return False
@@ -137,7 +137,7 @@ def annotate_cells(ax, matrix, max_cells: int = 400) -> bool:
         for j in range(cols):
             value = float(matrix[i][j])
             light = sum(image.cmap(image.norm(value))[:3]) / 3 > 0.5  # dark text on light colours
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=size,
+            ax.text(j, i, format_number(value, 2), ha="center", va="center", fontsize=size,
                     color="black" if light else "white")
     return True
 

@@ -142,7 +142,8 @@ def text_markdown(result: ComparisonResult) -> list[str]:
         r, p, t = v[name], v[name].probes, v[name].train
         lines.append(f"| {name} | {_fmt(r.parameters, si=True)} | {_fmt(t.steps)} | {_fmt(t.tokens)} "
                      f"| {_fmt(t.tokens_per_s)} | {_cell(r.val_loss, 4)} | {_cell(r.val_ppl, 2)} | {_cell(p.f_attn)} "
-                     f"| {_cell(p.frac_heads_above_eps, 2)} | {_fmt(p.m_act)} | {_fmt(p.gate_mean)} | {_fmt(t.spikes)} |")
+                     f"| {_cell(p.frac_heads_above_eps, 2)} | {_fmt(p.m_act)} | {_fmt(p.gate_mean)} "
+                     f"| {_fmt(t.spikes)} |")
     lines += ["", "### Beside the paper", "",
               "The paper's figures come from 15B-A2B MoE models trained on 400B tokens; this run trains "
               f"models of {_parameters(v)} parameters on {_fmt(first.train.tokens)} tokens, "
@@ -151,8 +152,10 @@ def text_markdown(result: ComparisonResult) -> list[str]:
               "|---|---|---|" + "---|" * len(names)]
     for key, label in (("f_attn", "F-Attn"), ("m_act", "M-Act"), ("gate_mean", "gate mean")):
         paper = PAPER[key]
-        here = " | ".join(_fmt(getattr(v[n].probes, key)) for n in names)
-        lines.append(f"| {label} | {_fmt(paper.get('none'))} | {_fmt(paper.get('g1'))} | {here} |")
+        # As in the results table above: first-token shares to 3 decimals, the rest to 3 significant digits.
+        cell = _cell if key == "f_attn" else _fmt
+        here = " | ".join(cell(getattr(v[n].probes, key)) for n in names)
+        lines.append(f"| {label} | {cell(paper.get('none'))} | {cell(paper.get('g1'))} | {here} |")
     lines += ["", "### What this run shows", ""] + findings(result) + [
         "", "### Plots", ""] + [f"![{Path(p).stem}](text/{p})" for p in result.plots] + [
         "", "Per-run details (metrics.jsonl, config.yaml, checkpoints) are under `<task>/runs/<variant>/`; every "
