@@ -21,6 +21,9 @@ import yaml
 
 from .errors import ConfigError
 
+Device = Literal["auto", "cpu", "cuda"]
+DEVICES = typing.get_args(Device)  # for the --device flags
+
 # Closed vocabularies: a field typed with one of these accepts only its values (the error lists them).
 GatePosition = Literal["none", "g1", "g2", "g3", "g4", "g5"]
 GateActivation = Literal["sigmoid", "silu", "ns_sigmoid", "identity"]
@@ -255,7 +258,7 @@ class TrainConfig:
     spike_window: int = 50
     max_nonfinite: int = 5  # stop after this many non-finite losses/gradients in a row (each is skipped)
     probe_every: int = 0  # sink probes on the first validation sequences every N steps, to metrics.jsonl; 0 = off
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when available, else CPU
+    device: Device = "auto"  # auto = CUDA when available, else CPU
 
     def validate(self) -> None:
         positive = ("max_steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints", "spike_window",

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 
-from ..config import DataConfig
+from ..config import DEVICES, DataConfig
 from ..errors import GatedAttnError
 
 DEFAULT_MAX_TOKENS = 262_144
@@ -21,8 +21,6 @@ log = logging.getLogger("gatedattn.eval")
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    from ..training.trainer import DEVICES
-
     p.add_argument("model", metavar="MODEL", help="a model directory, checkpoint or training run directory")
     p.add_argument("--data", metavar="PATH[,PATH...]",
                    help="evaluate on this text instead (built-in corpus name or files/folders); "

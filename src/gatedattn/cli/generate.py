@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import DEVICES
 from ..errors import GatedAttnError
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    from ..training.trainer import DEVICES
-
     p.add_argument("model", metavar="MODEL", help="a model directory, checkpoint or training run directory")
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--max-new-tokens", type=int, default=64,

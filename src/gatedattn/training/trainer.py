@@ -26,7 +26,7 @@ from ..artifacts import (DATA_INFO, ENVIRONMENT, LOSS_PLOT, METRICS, RESULT, RUN
                          TOKENIZER_NAME, CheckpointError, load_model, load_trainer_state, open_latest, run_file,
                          save_checkpoint, tidy_run)
 from ..artifacts.checkpoints import checkpoint_step, prune_checkpoints
-from ..config import Config
+from ..config import DEVICES, Config
 from ..data.pipeline import DataBundle, prepare_data
 from ..data.sampler import EpochSampler
 from ..data.tokenizer import TextTokenizer
@@ -95,9 +95,6 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
         key = f"{prefix}{k}"
         out.update(_flatten(v, key + ".") if isinstance(v, dict) and k != "scaling" else {key: v})
     return out
-
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def pick_device(name: str, setting: str = "train.device") -> torch.device:
