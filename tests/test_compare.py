@@ -3,6 +3,7 @@
 import contextlib
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from gatedattn.experiments import CompareSettings, ComparisonResult, parse_variants, run_compare
 from gatedattn.errors import GatedAttnError
+from gatedattn.reporting import format_number
 
 
 def _corpus(tmp_path: Path) -> Path:
@@ -22,6 +24,16 @@ def _corpus(tmp_path: Path) -> Path:
     for doc in shakespeare_documents()[:4]:
         (folder / f"{doc.name}.txt").write_text(doc.text[:60_000])
     return folder
+
+
+def _assert_one_number_format(markdown: str) -> None:
+    """Every table cell as format_number writes it: no scientific notation, thousands separated."""
+    for line in markdown.splitlines():
+        for cell in line.strip().strip("|").split("|") if line.startswith("|") else ():
+            cell = cell.strip()
+            assert not re.search(r"\d[eE][+-]?\d", cell), cell
+            plain = re.fullmatch(r"[+-]?(\d+)(\.\d+)?", cell)
+            assert not (plain and len(plain.group(1)) >= 4), cell
 
 
 def test_compare_quick_end_to_end_and_resume(tmp_path, monkeypatch):
@@ -43,6 +55,8 @@ def test_compare_quick_end_to_end_and_resume(tmp_path, monkeypatch):
     assert g1.parameters - none.parameters == 4 * 128 * 4 * 32  # layers x d_model x heads x head_dim
     report = (out / "report.md").read_text()
     assert "| none |" in report and "| g1 |" in report and "0.467" in report
+    _assert_one_number_format(report)
+    assert f"| none | {format_number(none.parameters, si=True)} |" in report
     saved = json.loads((out / "text/results.json").read_text())
     assert saved["variants"]["g1"]["val_ppl"] == pytest.approx(g1.val_ppl)
     for plot in saved["plots"]:
@@ -103,6 +117,7 @@ def test_compare_runs_the_sink_lab_first_with_probes_during_training(tmp_path, m
     report = (out / "report.md").read_text()
     assert report.index("## Sink lab") < report.index("## Natural text")
     assert "| none |" in report.split("## Natural text")[0] and "sink_formation" in report
+    _assert_one_number_format(report)
     # The shared parts of the report are what results.json holds: it rebuilds from the files alone.
     from gatedattn.experiments.compare import Comparison
     from gatedattn.experiments.report import report_markdown

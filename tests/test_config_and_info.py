@@ -199,3 +199,49 @@ def test_main_refuses_bad_input_in_one_line(tmp_path, capsys, argv, message):
 def test_cli_accepts_exponent_floats():
     code, err = _cli("info", "tiny", "--set", "train.lr=3e-4", "--set", "model.initializer_range=2E-2", "--json")
     assert code == 0, err
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_no_preset_warns_about_its_own_settings(name, tmp_path, monkeypatch):
+    """Preparing a preset's tokenizer as training does logs nothing about the preset's own values (the tiny
+    preset once asked for a 256-token BPE and was raised to 257 with a notice)."""
+    import logging
+
+    pytest.importorskip("tokenizers")
+    from gatedattn.data import Document
+    from gatedattn.data.tokenizer import MIN_BPE_VOCAB, build_tokenizer
+
+    monkeypatch.setenv("GATEDATTN_CACHE", str(tmp_path))
+    cfg = load_config(name)
+    if cfg.data.source == "bigram-backcopy":  # the lab's tokenizer is its task's vocabulary, not a BPE
+        assert cfg.data.bigram_backcopy.vocab > 0
+        return
+    messages: list[str] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("gatedattn")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        tok = build_tokenizer(cfg.data.tokenizer, cfg.data.vocab_size, [Document("d", "ROMEO. But soft!")], name)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert [m for m in messages if not m.startswith("tokenizer: training a byte-level BPE")] == []
+    assert cfg.data.vocab_size >= MIN_BPE_VOCAB and tok.vocab_size <= cfg.data.vocab_size
+
+
+def test_readme_parameter_counts_are_the_models():
+    """The sizes the README states are what the presets build (compare --quick: with its budget's vocabulary)."""
+    from pathlib import Path
+
+    from gatedattn.experiments.variants import variant_config
+    from gatedattn.reporting import format_number
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for label, cfg in (("quick", variant_config("none", quick=True)), ("quick-g1", variant_config("g1", quick=True)),
+                       ("small", load_config("small"))):
+        size = format_number(model_stats(cfg.model, cfg.data.seq_len)["total_params"], si=True)
+        assert size in readme, (label, size)
+    assert "1.1M" not in readme and "1.3M" not in readme and "6.8M" not in readme

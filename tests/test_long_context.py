@@ -294,3 +294,47 @@ def test_long_eval_modules_import_matplotlib_lazily_and_no_shim_is_left():
             "assert importlib.util.find_spec('gatedattn.evaluation.long_context') is None\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_tasks_that_do_not_fit_a_length_are_skipped_with_one_notice_each(model_dirs, tmp_path, capsys):
+    root, dirs = model_dirs
+    out_dir = tmp_path / "short"
+    code, out, err = _run(capsys, dirs["baseline"], "--lengths", "64,512", "--tasks", "niah_single_1,vt",
+                          "--samples", "1", "--ppl-samples", "0", "--max-new-tokens", "6", "--text",
+                          root / "text.txt", "--out", out_dir, "--json", tmp_path / "s.json")
+    assert code == 0, err
+    notices = [line for line in err.splitlines() if "skipping" in line]
+    assert len(notices) == 2 and all("at length 64:" in line for line in notices), err
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["ruler"]["skipped"] == {"niah_single_1": [64], "vt": [64]}
+    assert {t: list(row) for t, row in summary["ruler"]["accuracy"].items()} == {"niah_single_1": ["512"],
+                                                                                  "vt": ["512"]}
+    assert "Skipped (the prompt with its smallest haystack does not fit): niah_single_1 at 64" in \
+        (out_dir / "report.md").read_text()
+    # Only the files it wrote are listed: no perplexity here, so no perplexity.jsonl or perplexity.png.
+    listed = out.strip().splitlines()[-1]
+    files = ["settings.json", "samples.jsonl", "summary.json", "report.md", "ruler_accuracy.png"]
+    assert listed == f"results in {out_dir}/: {', '.join(files)}"
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(files)
+    assert json.loads((out_dir / "summary.json").read_text())["files"] == files
+
+
+def test_perplexity_plot_marks_the_trained_context(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from gatedattn.evaluation.long_report import plot
+
+    figures = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **kw: (figures.append(fig), save(fig, *a, **kw)))
+    buckets = [{"start": 1, "end": 64, "ppl": 30.0}, {"start": 64, "end": 256, "ppl": 24.0}]
+    summary = {"settings": {"model": "m"}, "trained_seq_len": 128, "ruler": None,
+               "perplexity": {"256": {"ppl": 25.0, "buckets": buckets}, "512": {"ppl": 40.0, "buckets": buckets}}}
+    assert [p.name for p in plot(summary, tmp_path)] == ["perplexity.png"]
+    for ax in figures[0].axes:
+        lines = [line for line in ax.get_lines() if line.get_label().startswith("trained context")]
+        assert len(lines) == 1 and list(lines[0].get_xdata()) == [128, 128]
+        assert "trained context (128 tokens)" in [t.get_text() for t in ax.get_legend().get_texts()]
+        assert ax.get_yscale() == "linear"  # 24 to 40: no log scale needed
+        labels = [t.get_text() for t in ax.yaxis.get_ticklabels() if t.get_text()]
+        assert labels and all("^" not in t and "e" not in t for t in labels), labels

@@ -50,7 +50,7 @@ def test_every_gate_combination_runs_forward_and_backward(position):
     for combo in _gate_combos(position):
         model = tiny_model(**combo)  # tiny has 4 query heads over 2 KV heads (GQA)
         out = model(x, labels=x)
-        assert out.logits.shape == (2, 12, 256)
+        assert out.logits.shape == (2, 12, model.config.vocab_size)
         assert torch.isfinite(out.logits).all() and torch.isfinite(out.loss)
         out.loss.backward()
         gate_grads = [p.grad for n, p in model.named_parameters() if ".gate." in n]
@@ -76,7 +76,7 @@ def test_sink_peers_compose_with_the_gate(sink, position):
     model = tiny_model(**sink, **{"attention.gate.position": position})
     x = torch.randint(0, 256, (2, 9))
     out = model(x, labels=x)
-    assert out.logits.shape == (2, 9, 256) and torch.isfinite(out.loss)
+    assert out.logits.shape == (2, 9, model.config.vocab_size) and torch.isfinite(out.loss)
     out.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     if "attention.sink" in sink and sink["attention.sink"] == "learned":

@@ -163,7 +163,8 @@ def test_dynamic_cache_pins_its_length_at_the_first_call():
 def test_logits_equal_hf_qwen3_with_copied_weights(name, tied):
     scaling = _scaling(name)
     hf = Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=_ours(scaling).vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4,
         num_key_value_heads=2, head_dim=16, max_position_embeddings=ORIGINAL, rms_norm_eps=1e-6,
         tie_word_embeddings=tied, rope_parameters=_hf_rope(scaling, 1.0, 10000.0))).double().eval()
     with torch.no_grad():

@@ -318,6 +318,20 @@ def test_shared_data_bundle_gives_two_runs_the_same_batches(corpus, tmp_path):
         train(_config(corpus, **{"data.seq_len": 16}), tmp_path / "c", data=bundle, progress=False)
 
 
+def test_tensorboard_events_have_grouped_tags(reference_run):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = reference_run
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/grad_norm", "val/loss", "val/ppl"} <= tags, tags
+    assert all("/" in t for t in tags)  # no ungrouped tag
+    logged = [(r["step"], r["loss"]) for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert [(e.step, pytest.approx(e.value)) for e in events.Scalars("train/loss")] == logged
+
+
 def test_cli_train_eval_generate(corpus, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "tiny", "--data", str(corpus), "--out", str(out), "--no-progress"] + [
@@ -329,6 +343,14 @@ def test_cli_train_eval_generate(corpus, tmp_path, capsys):
     r = json.loads(capsys.readouterr().out)
     assert r["data"].endswith("(validation split)") and r["tokens"] == 2 * 8 * 31 and r["seq_len"] == 32
     assert math.isclose(r["perplexity"], math.exp(r["loss"]))
+    assert main(["eval", str(out), "--json"]) == 0  # the default budget exceeds this split: all of it
+    whole = json.loads(capsys.readouterr().out)
+    assert whole["tokens"] == whole["available_tokens"] > 2 * 8 * 31
+    assert main(["eval", str(out), "--json", "--max-tokens", "100"]) == 0  # exactly the first 100 tokens
+    head = json.loads(capsys.readouterr().out)
+    assert head["tokens"] == 100 and head["sequences"] == 4 and head["available_tokens"] == whole["tokens"]
+    assert main(["eval", str(out), "--max-tokens", "100"]) == 0
+    assert f"100 of {whole['tokens']:,} held-out tokens scored" in capsys.readouterr().out
     play = sorted(corpus.iterdir())[0]
     assert main(["eval", str(out / "checkpoints/step_0000004"), "--data", str(play), "--max-batches", "1",
                  "--batch-size", "2"]) == 0

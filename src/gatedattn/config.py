@@ -21,6 +21,9 @@ import yaml
 
 from .errors import ConfigError
 
+Device = Literal["auto", "cpu", "cuda"]
+DEVICES = typing.get_args(Device)  # for the --device flags
+
 # Closed vocabularies: a field typed with one of these accepts only its values (the error lists them).
 GatePosition = Literal["none", "g1", "g2", "g3", "g4", "g5"]
 GateActivation = Literal["sigmoid", "silu", "ns_sigmoid", "identity"]
@@ -255,7 +258,7 @@ class TrainConfig:
     spike_window: int = 50
     max_nonfinite: int = 5  # stop after this many non-finite losses/gradients in a row (each is skipped)
     probe_every: int = 0  # sink probes on the first validation sequences every N steps, to metrics.jsonl; 0 = off
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when available, else CPU
+    device: Device = "auto"  # auto = CUDA when available, else CPU
 
     def validate(self) -> None:
         positive = ("max_steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints", "spike_window",
@@ -403,21 +406,23 @@ def _resolve_aliases(cls, data: dict, prefix: str) -> dict:
 QWEN_VOCAB = 151936
 
 PRESETS: dict[str, dict] = {
-    # Unit tests: a forward pass takes milliseconds.
+    # Unit tests: a forward pass takes milliseconds. Vocabulary 257: the smallest byte-level BPE (256 bytes +
+    # <|endoftext|>), so the preset trains as written.
     "tiny": {
-        "model": {"vocab_size": 256, "d_model": 64, "num_layers": 2, "ffn_dim": 128,
+        "model": {"vocab_size": 257, "d_model": 64, "num_layers": 2, "ffn_dim": 128,
                   "attention": {"num_heads": 4, "num_kv_heads": 2, "head_dim": 16}},
-        "data": {"seq_len": 64, "vocab_size": 256},
+        "data": {"seq_len": 64, "vocab_size": 257},
         "train": {"batch_size": 4, "max_steps": 20, "warmup_steps": 2, "eval_every": 10,
                   "checkpoint_every": 10},
     },
-    # CPU demos and benchmarks: about 6.8M parameters.
+    # CPU demos and benchmarks (`gatedattn info small` gives its size).
     "small": {
         "model": {"vocab_size": 8192, "d_model": 256, "num_layers": 6, "ffn_dim": 768,
                   "attention": {"num_heads": 4, "num_kv_heads": 2, "head_dim": 64}},
         "data": {"seq_len": 256, "vocab_size": 8192},
     },
-    # `gatedattn compare --quick`: a 1.3M-parameter model that trains in about a minute per variant on 2 cores.
+    # `gatedattn compare --quick`: small enough to train in about a minute per variant on 2 idle cores
+    # (`gatedattn info compare-quick` gives its size).
     "compare-quick": {
         "model": {"vocab_size": 2048, "d_model": 128, "num_layers": 4, "ffn_dim": 384,
                   "attention": {"num_heads": 4, "num_kv_heads": 2, "head_dim": 32}},

@@ -57,6 +57,31 @@ def format_number(x, digits: int = 3, *, si: bool = False, decimals: int | None 
     return f"{x:.{digits}g}"
 
 
+def value_scale(values, span: float = 100.0) -> str:
+    """"log" for positive values spanning at least ``span`` x (where a linear axis would flatten the small
+    ones), else "linear"."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return "log" if finite and min(finite) > 0 and max(finite) >= span * min(finite) else "linear"
+
+
+def _plain_formatter():
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda value, _: format_number(value))
+
+
+def plain_ticks(axis) -> None:
+    """Tick labels as plain numbers (``format_number``: 20, 0.5, 1,000), not powers of ten, on a linear or
+    log axis; a log axis spanning less than a decade labels its minor ticks too (it has few major ones)."""
+    from matplotlib.ticker import NullFormatter
+
+    label = _plain_formatter()
+    axis.set_major_formatter(label)
+    if axis.get_scale() == "log":
+        lo, hi = sorted(axis.get_view_interval())
+        axis.set_minor_formatter(label if lo > 0 and hi / lo < 10 else NullFormatter())
+
+
 @dataclass
 class LossCurves:
     """One run's losses: (x, loss) pairs for training steps and validations; x is a step or a token count."""
@@ -91,10 +116,38 @@ def smooth(values: list[float], alpha: float = 0.1) -> list[float]:
     return out
 
 
+def heatmap_range(matrices, near_zero: float = 0.1) -> tuple[float, str]:
+    """The top of a [0, 1] share's colour scale: 1, or the data's maximum when every value is below
+    ``near_zero`` (a 0-1 scale would paint them all one colour), with a note stating that range."""
+    top = max((float(v) for m in matrices for row in m for v in row), default=0.0)
+    if 0 < top < near_zero:
+        return top, f"\n(colour scale 0 to {format_number(top)}: every value is near zero)"
+    return 1.0, ""
+
+
+def annotate_cells(ax, matrix, max_cells: int = 400) -> bool:
+    """Print each cell's value (2 significant digits) in a heatmap drawn with ``imshow``; skipped above
+    ``max_cells`` cells, where the text would not be readable. Whether it printed them."""
+    rows, cols = len(matrix), len(matrix[0]) if len(matrix) else 0
+    if not rows * cols or rows * cols > max_cells:
+        return False
+    size = max(4.0, min(9.0, 120 / max(rows, cols)))
+    image = ax.get_images()[-1]
+    for i in range(rows):
+        for j in range(cols):
+            value = float(matrix[i][j])
+            light = sum(image.cmap(image.norm(value))[:3]) / 3 > 0.5  # dark text on light colours
+            ax.text(j, i, format_number(value, 2), ha="center", va="center", fontsize=size,
+                    color="black" if light else "white")
+    return True
+
+
 def plot_loss_curves(curves: dict[str, LossCurves], path: str | Path, *, xlabel: str = "step",
                      smoothing: float | None = None, final_ppl: dict[str, float] | None = None) -> Path:
-    """Training loss (solid; EMA-smoothed with weight ``smoothing`` if given) and validation loss (dashed,
-    markers), one colour per run; with ``final_ppl`` a bar panel of each run's held-out perplexity."""
+    """Training loss (solid; EMA-smoothed with weight ``smoothing`` if given) and validation loss during
+    training (dashed, markers; on ``train.eval_batches`` batches), one colour per run; with ``final_ppl`` (the
+    final evaluation on the whole held-out split) a star at the end of each run whose legend entry gives that
+    figure beside the last in-training one, and a bar panel of the perplexities."""
     plt = pyplot()
     if final_ppl:
         fig, (ax, ax_ppl) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [2, 1]})
@@ -107,10 +160,20 @@ def plot_loss_curves(curves: dict[str, LossCurves], path: str | Path, *, xlabel:
             ys = smooth(list(losses), smoothing) if smoothing else losses
             ax.plot(xs, ys, color=color, lw=1.2, label=f"{name} train" + (" (smoothed)" if smoothing else ""))
         if c.val:
-            ax.plot(*zip(*c.val), "o--", color=color, ms=4, label=f"{name} validation")
+            ax.plot(*zip(*c.val), "o--", color=color, ms=4,
+                    label=f"{name} validation in training (last {format_number(c.val[-1][1], decimals=3)})")
+        ppl = (final_ppl or {}).get(name)
+        ends = [p[0] for p in c.train + c.val]
+        if ppl is not None and math.isfinite(ppl) and ends:
+            # The final figure covers the whole held-out split, the in-training points a few batches of it:
+            # the two differ by that sampling, which the legend shows side by side.
+            ax.plot([max(ends)], [math.log(ppl)], "*", color=color, ms=12, mec="black", mew=0.6,
+                    label=f"{name} final, whole held-out split: {format_number(math.log(ppl), decimals=3)} "
+                          f"(ppl {format_number(ppl, decimals=2)})")
     ax.set(xlabel=xlabel, ylabel="loss (nats/token)", title="training and validation loss")
+    ax.xaxis.set_major_formatter(_plain_formatter())
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     if final_ppl:
         names = list(final_ppl)
         for i, name in enumerate(names):
@@ -118,7 +181,7 @@ def plot_loss_curves(curves: dict[str, LossCurves], path: str | Path, *, xlabel:
             ax_ppl.bar(i, ppl, color=f"C{list(curves).index(name) if name in curves else i}")
             ax_ppl.text(i, ppl, format_number(ppl, decimals=2), ha="center", va="bottom")
         ax_ppl.set(xticks=range(len(names)), xticklabels=names, ylabel="perplexity",
-                   title="held-out perplexity (final)")
+                   title="held-out perplexity (final, whole split)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

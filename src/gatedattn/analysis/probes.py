@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import MissingExtraError
-from ..reporting import pyplot
+from ..reporting import plain_ticks, pyplot, value_scale
 from .analyze import SINK_EPS, analyze_model
 
 PREFIX = "probe/"
@@ -118,10 +118,11 @@ def plot_probe_curves(runs: dict[str, str | Path | list[dict]], out_png: str | P
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    axes[1, 0].set_yscale("log")
-    axes[1, 1].set_yscale("log")
-    for ax in axes[1]:
+    for ax in axes[1]:  # norm ratios: log scale when they span orders of magnitude
+        ax.set_yscale(value_scale([y for line in ax.get_lines() for y in line.get_ydata()]))
         ax.set_xlabel("step")
+    for ax in axes.ravel():
+        plain_ticks(ax.yaxis)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..reporting import MISSING, pyplot
+from ..reporting import MISSING, annotate_cells, heatmap_range, plain_ticks, pyplot, value_scale
 from ..reporting import format_number as _fmt
 
 PLOTS = ("first_token_share_heatmap.png", "per_layer.png", "gate_histograms.png", "attention_maps.png")
@@ -78,27 +78,35 @@ def _heatmaps(results: dict[str, dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(2 + 3 * len(results), 5), squeeze=False,
                              layout="constrained")
+    top, note = heatmap_range([r["first_token_share_per_head"] for r in results.values()])
     for ax, (name, r) in zip(axes[0], results.items()):
-        im = ax.imshow(r["first_token_share_per_head"], aspect="auto", vmin=0, vmax=1, cmap="viridis",
+        im = ax.imshow(r["first_token_share_per_head"], aspect="auto", vmin=0, vmax=top, cmap="viridis",
                        interpolation="nearest")
+        annotate_cells(ax, r["first_token_share_per_head"])
         ax.set(title=name, xlabel="head", ylabel="layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.colorbar(im, ax=axes[0].tolist(), label="first-token attention share")
+    fig.colorbar(im, ax=axes[0].tolist(), label="first-token attention share" + note)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def _per_layer(results: dict[str, dict], path: Path) -> None:
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, r in results.items():
         a.plot(r["first_token_share"], marker="o", ms=3, label=name)
         b.plot(r["max_abs_activation"], marker="o", ms=3, label=name)
     a.set(xlabel="layer", ylabel="first-token share (mean over heads)", ylim=(0, 1),
           title="attention sink per layer")
-    b.set(xlabel="layer", ylabel="max |hidden| after the block", yscale="log", title="massive activations")
+    peaks = [v for r in results.values() for v in r["max_abs_activation"]]
+    b.set(xlabel="layer", ylabel="max |hidden| after the block", yscale=value_scale(peaks),
+          title="massive activations")
     for ax in (a, b):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        plain_ticks(ax.yaxis)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -112,11 +120,15 @@ def _gate_histograms(results: dict[str, dict], path: Path) -> bool:
     if not gated:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    fractions = []
     for name, r in gated.items():
         h = r["gate_histogram"]
         total = max(sum(h["counts"]) + h["below"] + h["above"], 1)
-        ax.stairs([c / total for c in h["counts"]], h["edges"], label=f"{name} (mean {r['gate_mean']:.3f})")
-    ax.set(xlabel="gate score", ylabel="fraction of scores", yscale="log", title="gate-score distribution")
+        fractions.extend(c / total for c in h["counts"] if c)
+        ax.stairs([c / total for c in h["counts"]], h["edges"], label=f"{name} (mean {_fmt(r['gate_mean'])})")
+    ax.set(xlabel="gate score", ylabel="fraction of scores", yscale=value_scale(fractions),
+           title="gate-score distribution")
+    plain_ticks(ax.yaxis)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -132,14 +144,19 @@ def _attention_maps(results: dict[str, dict], path: Path) -> bool:
         return False
     fig, axes = plt.subplots(len(results), cols, figsize=(3 * cols + 1.5, 3 * len(results)), squeeze=False,
                              layout="constrained")
+    from matplotlib.ticker import MaxNLocator
+
+    top, note = heatmap_range([m for r in results.values() for m in r["attention_maps"].values()])
     for row, (name, r) in zip(axes, results.items()):
         for ax in row:
             ax.axis("off")
         for j, (ax, (layer, m)) in enumerate(zip(row, r["attention_maps"].items())):
             ax.axis("on")
-            im = ax.imshow(m, vmin=0, vmax=1, cmap="magma", interpolation="nearest")
+            im = ax.imshow(m, vmin=0, vmax=top, cmap="magma", interpolation="nearest")
             ax.set(title=f"{name}: layer {layer}", xlabel="key", ylabel="query" if j == 0 else None)
-    fig.colorbar(im, ax=axes.ravel().tolist(), label="attention (mean over heads)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.colorbar(im, ax=axes.ravel().tolist(), label="attention (mean over heads)" + note)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True

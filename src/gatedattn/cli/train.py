@@ -23,9 +23,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..training import train
-    from ..training.metrics import setup_cli_logging
 
-    setup_cli_logging()
     cfg = config_from_args(args)
     if args.data:
         cfg.data.source = args.data  # taken verbatim: a path is not a YAML value

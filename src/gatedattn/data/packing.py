@@ -83,6 +83,10 @@ class PackedTokens:
         """Full sequences (what training samples from)."""
         return self.num_tokens // self.chunk
 
+    def head(self, num_tokens: int) -> "PackedTokens":
+        """The same packing over the first ``num_tokens`` stream tokens (an evaluation budget)."""
+        return PackedTokens(self.stream[:num_tokens], self.seq_len, self.bos_id)
+
     def batch(self, indices) -> torch.Tensor:
         """Sequences ``indices`` as a (B, seq_len) int64 tensor."""
         idx = np.asarray(indices, dtype=np.int64)[:, None] * self.chunk + np.arange(self.chunk)

@@ -28,6 +28,7 @@ class LongContextLM:
     trained_context: int  # default original context for RoPE scaling
     # The data source whose held-out documents are the default text, and the held-out fraction.
     validation: tuple[str, float] = (DataConfig.source, DataConfig.val_fraction)
+    trained_seq_len: int | None = None  # the training run's data.seq_len, when it is recorded
 
     @property
     def is_ours(self) -> bool:
@@ -63,9 +64,9 @@ def load_lm(name_or_path: str) -> LongContextLM:
     if loaded.is_ours:
         cfg, run = loaded.model.config, loaded.run_config
         data = run.data if run is not None else DataConfig()
+        seq_len = run.data.seq_len if run is not None else None
         return LongContextLM(name_or_path, loaded.model, tok.encode, tok.decode, [tok.bos_id], tok.eos_id,
-                             run.data.seq_len if run is not None else cfg.max_position_embeddings,
-                             (data.source, data.val_fraction))
+                             seq_len or cfg.max_position_embeddings, (data.source, data.val_fraction), seq_len)
     cfg = loaded.model.config
     eos = tok.eos_id if tok.eos_id is not None else cfg.eos_token_id
     # What the HF tokenizer puts before any text (e.g. a BOS), as the model saw in training.

@@ -5,12 +5,15 @@ Long inputs stream through the KV cache in chunks (``chunk_size`` tokens per for
 Outputs (``long_eval`` with ``out_dir``): ``settings.json``, ``perplexity.jsonl`` (one line per window),
 ``samples.jsonl`` (one line per task sample: prompt length, needle depths, prediction, score),
 ``summary.json``, ``report.md`` and two PNGs. Units already in the JSONL files are skipped when the same
-command runs again in the same directory.
+command runs again in the same directory. A task whose prompt does not fit a length (a model trained at a
+short context, asked for short lengths) is skipped there with one notice per task; only when no task fits
+at any length is that an error.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Iterable
@@ -21,8 +24,10 @@ from .lm import LongContextLM, load_lm
 from .long_report import format_report, plot
 from .position_ppl import bucket_edges, perplexity_window, summarize_perplexity, window_starts
 from .rope_override import apply_rope, rope_change, rope_description
-from .ruler import make_sample, score
+from .ruler import PromptTooLong, make_sample, score
 from .streaming import greedy_generate
+
+log = logging.getLogger("gatedattn.evaluation")
 
 
 def summarize_tasks(records: Iterable[dict]) -> dict:
@@ -74,6 +79,10 @@ def long_eval(model: str | LongContextLM, lengths: list[int], tasks: list[str], 
         raise GatedAttnError("--chunk-size must be >= 1 and --samples / --ppl-samples >= 0")
     if max_new_tokens is not None and max_new_tokens < 1:
         raise GatedAttnError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if out_dir is not None:
+        from ..reporting import pyplot
+
+        pyplot()  # the plots need matplotlib: say so before loading any model
     lm = load_lm(model) if isinstance(model, str) else model
     scaling = rope_change(lm, rope_theta, rope_scaling, factor, original_max_position_embeddings)
     lm = apply_rope(lm, rope_theta, scaling)
@@ -83,7 +92,7 @@ def long_eval(model: str | LongContextLM, lengths: list[int], tasks: list[str], 
     settings = {"model": lm.name, "lengths": lengths, "tasks": tasks, "samples": samples,
                 "ppl_samples": ppl_samples, "seed": seed, "max_new_tokens": max_new_tokens,
                 "text_sha": _sha(text), "rope": rope_description(lm)}
-    log = _RunLog(out_dir, settings)
+    run_log = _RunLog(out_dir, settings)
     stream = lm.encode(text) if ppl_samples else []
     if ppl_samples and len(stream) + len(lm.prefix) < max(lengths):
         raise GatedAttnError(f"the evaluation text has {len(stream)} tokens, fewer than the longest length "
@@ -92,10 +101,20 @@ def long_eval(model: str | LongContextLM, lengths: list[int], tasks: list[str], 
     starts = window_starts(len(stream), max(lengths) - len(lm.prefix), ppl_samples)
     units = [("ppl", n, w) for n in lengths for w in range(ppl_samples)] + \
             [(t, n, i) for t in tasks for n in lengths for i in range(samples)]
-    todo = [u for u in units if u not in log.done]
-    # Build every task prompt first: a length too short for a task fails before any model time is spent.
-    prompts = {u: make_sample(*u, lm.count_tokens, text, seed, max_new_tokens) for u in todo if u[0] != "ppl"}
-    bar = _progress(len(units), len(units) - len(todo), progress)
+    todo = [u for u in units if u not in run_log.done]
+    # Build every task prompt first: what does not fit is known before any model time is spent.
+    prompts, too_long = {}, {}
+    for u in todo:
+        if u[0] != "ppl":
+            try:
+                prompts[u] = make_sample(*u, lm.count_tokens, text, seed, max_new_tokens)
+            except PromptTooLong as e:
+                too_long[u] = e
+    if too_long and all(u in too_long for u in units if u[0] != "ppl"):
+        raise next(iter(too_long.values()))  # no task fits at any length: nothing of what was asked can run
+    skipped = _skip_notices(too_long)
+    todo = [u for u in todo if u not in too_long]
+    bar = _progress(len(units) - len(too_long), len(units) - len(too_long) - len(todo), progress)
     started, tokens = time.time(), 0
     for kind, length, i in todo:
         if kind == "ppl":
@@ -111,15 +130,30 @@ def long_eval(model: str | LongContextLM, lengths: list[int], tasks: list[str], 
                       "answers": sample.answers, "prediction": prediction,
                       "score": score(prediction, sample.answers, sample.metric)}
             tokens += len(ids) + len(new)
-        log.add(kind, length, i, record)
+        run_log.add(kind, length, i, record)
         bar.update(1)
         bar.set_postfix(tok_s=f"{tokens / max(time.time() - started, 1e-9):.0f}")
     bar.close()
-    summary = {"settings": settings,
-               "perplexity": summarize_perplexity(log.records("ppl")),
-               "ruler": summarize_tasks(log.records("tasks")) if tasks and samples else None}
-    log.finish(summary)
+    summary = {"settings": settings, "trained_seq_len": lm.trained_seq_len,
+               "perplexity": summarize_perplexity(run_log.records("ppl")),
+               "ruler": summarize_tasks(run_log.records("tasks")) if tasks and samples else None}
+    if summary["ruler"] is not None:
+        summary["ruler"]["skipped"] = skipped
+    summary["files"] = run_log.finish(summary)
     return summary
+
+
+def _skip_notices(too_long: dict[tuple, PromptTooLong]) -> dict[str, list[int]]:
+    """{task: lengths skipped}, with one notice per task."""
+    skipped: dict[str, dict[int, PromptTooLong]] = {}
+    for (task, length, _), e in too_long.items():
+        skipped.setdefault(task, {}).setdefault(length, e)
+    for task, by_length in skipped.items():
+        longest = max(by_length)
+        log.warning("long-eval: skipping %s at length %s: its shortest prompt takes %d tokens, %d fit beside "
+                    "the answer budget", task, ", ".join(map(str, sorted(by_length))), by_length[longest].tokens,
+                    by_length[longest].limit)
+    return {task: sorted(by_length) for task, by_length in skipped.items()}
 
 
 def _sha(text: str) -> str:
@@ -190,13 +224,18 @@ class _RunLog:
     def records(self, group: str) -> list[dict]:
         return self._records[group]
 
-    def finish(self, summary: dict) -> None:
+    def finish(self, summary: dict) -> list[str]:
+        """Write the summary, report and plots; the names of the files in the output directory that hold
+        this evaluation (none without one)."""
         if self.out is None:
-            return
+            return []
         self._write_settings()
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        pngs = plot(summary, self.out)
+        files = ["settings.json", *(n for n in self.FILES.values() if (self.out / n).exists()), "summary.json",
+                 "report.md", *(p.name for p in pngs)]
+        (self.out / "summary.json").write_text(json.dumps({**summary, "files": files}, indent=2))
         (self.out / "report.md").write_text(format_report(summary))
-        plot(summary, self.out)
+        return files
 
 
 __all__ = ["long_eval", "parse_lengths", "validation_text", "summarize_tasks"]

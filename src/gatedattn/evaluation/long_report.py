@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from ..reporting import format_number, pyplot
+from ..reporting import format_number, plain_ticks, pyplot, value_scale
 
 
 def format_report(summary: dict) -> str:
@@ -25,18 +25,22 @@ def format_report(summary: dict) -> str:
         for task, row in ruler["accuracy"].items():
             lines.append(f"| {task} | " + " | ".join(_cell(row.get(n)) for n in lengths) + " |")
         lines += ["| **mean** | " + " | ".join(_cell(ruler["mean"].get(n)) for n in lengths) + " |", ""]
+        skipped = ruler.get("skipped") or {}
+        if skipped:
+            lines += ["Skipped (the prompt with its smallest haystack does not fit): " + "; ".join(
+                f"{task} at {', '.join(map(str, ns))}" for task, ns in skipped.items()) + ".", ""]
     ppl = summary.get("perplexity")
     if ppl:
         lengths = sorted(ppl, key=int)
         edges = sorted({(b["start"], b["end"]) for n in lengths for b in ppl[n]["buckets"]})
         lines += [f"## Perplexity, {s['ppl_samples']} windows per length", "",
                   "| positions | " + " | ".join(str(n) for n in lengths) + " |", "|---|" + "---:|" * len(lengths),
-                  "| **all** | " + " | ".join(f"{ppl[n]['ppl']:.2f}" for n in lengths) + " |"]
+                  "| **all** | " + " | ".join(format_number(ppl[n]["ppl"], decimals=2) for n in lengths) + " |"]
         for lo, hi in edges:
             cells = []
             for n in lengths:
                 b = next((b for b in ppl[n]["buckets"] if (b["start"], b["end"]) == (lo, hi)), None)
-                cells.append(f"{b['ppl']:.2f}" if b else "")
+                cells.append(format_number(b["ppl"], decimals=2) if b else "")
             lines.append(f"| [{lo}, {hi}) | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -48,7 +52,8 @@ def _cell(value: float | None) -> str:
 
 def plot(summary: dict, out_dir: Path) -> list[Path]:
     """ruler_accuracy.png (accuracy vs length per task, and their mean) and perplexity.png (perplexity vs
-    position per context length, and vs context length)."""
+    position per context length, and vs context length, with the trained context marked when known); the
+    paths written."""
     plt = pyplot()
     written = []
     ruler = summary.get("ruler")
@@ -76,13 +81,22 @@ def plot(summary: dict, out_dir: Path) -> list[Path]:
             b = ppl[n]["buckets"]
             left.plot([math.sqrt(x["start"] * x["end"]) for x in b], [x["ppl"] for x in b], marker="o",
                       lw=1 + 2.5 * (len(lengths) - 1 - i) / max(len(lengths) - 1, 1), label=f"context {n}")
-        left.set(xscale="log", yscale="log", xlabel="token position (bucket)", ylabel="perplexity",
-                 title="perplexity by position")
-        left.legend(fontsize=8)
+        left.set(xscale="log", yscale=value_scale([x["ppl"] for n in lengths for x in ppl[n]["buckets"]]),
+                 xlabel="token position (bucket)", ylabel="perplexity", title="perplexity by position")
         right.plot([int(n) for n in lengths], [ppl[n]["ppl"] for n in lengths], marker="o")
-        right.set(xscale="log", xlabel="context length (tokens)", ylabel="perplexity (all positions)",
+        right.set(xscale="log", yscale=value_scale([ppl[n]["ppl"] for n in lengths]),
+                  xlabel="context length (tokens)", ylabel="perplexity (all positions)",
                   title="perplexity by context length")
+        trained = summary.get("trained_seq_len")
+        if trained:  # beyond it the model extrapolates
+            for ax in (left, right):
+                ax.axvline(trained, color="grey", ls=":", lw=1.5, label=f"trained context ({trained} tokens)")
+        left.legend(fontsize=8)
+        if trained:
+            right.legend(fontsize=8)
         _length_ticks(right, lengths)
+        for axis in (left.xaxis, left.yaxis, right.yaxis):
+            plain_ticks(axis)
         fig.tight_layout()
         written.append(out_dir / "perplexity.png")
         fig.savefig(written[-1], dpi=120)

@@ -55,6 +55,15 @@ VT_HOPS = 4
 VT_EXAMPLE_NOISE = 6  # noise sentences around the one-shot example's chain
 
 
+class PromptTooLong(GatedAttnError):
+    """A task's prompt with its smallest haystack does not fit the length (long-eval skips that cell)."""
+
+    def __init__(self, what: str, tokens: int, limit: int):
+        super().__init__(f"{what}: the prompt with a minimal haystack already takes {tokens} tokens of the "
+                         f"{limit} left after the answer budget; use longer lengths (or a smaller --max-new-tokens)")
+        self.tokens, self.limit = tokens, limit
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     kind: str  # niah | vt | cwe
@@ -351,9 +360,7 @@ def _fit(build: Callable[[int], _Built], count_tokens: Callable[[str], int], lim
         return counts[n]
 
     if tokens(1) > limit:
-        raise GatedAttnError(f"{what}: the prompt with a minimal haystack already takes {tokens(1)} tokens of "
-                             f"the {limit} left after the answer budget; use longer lengths "
-                             "(or a smaller --max-new-tokens)")
+        raise PromptTooLong(what, tokens(1), limit)
     lo, hi = 1, 2
     while tokens(hi) <= limit:
         if max_n is not None and hi >= max_n:

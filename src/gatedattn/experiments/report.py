@@ -56,6 +56,14 @@ def _cell(x, decimals: int = 3) -> str:
     return _fmt(x, decimals=decimals)
 
 
+def _parameters(variants: dict) -> str:
+    """Each variant's parameter count, e.g. "1.05M (none), 1.12M (g1)"; one figure when they agree."""
+    counts = {name: _fmt(r.parameters, si=True) for name, r in variants.items()}
+    if len(set(counts.values())) == 1:
+        return next(iter(counts.values()))
+    return ", ".join(f"{c} ({name})" for name, c in counts.items())
+
+
 def lab_markdown(result: ComparisonResult) -> list[str]:
     v, data = result.variants, result.data
     names = list(v)
@@ -63,9 +71,9 @@ def lab_markdown(result: ComparisonResult) -> list[str]:
     lines = ["## Sink lab: Bigram-Backcopy", "",
              f"The synthetic task of Guo et al. (2024), where attention sinks form within minutes: "
              f"{data.get('vocab', '?')} ordinary tokens and BOS, bigram transitions, and after each of the "
-             f"{len(data.get('triggers', []))} trigger tokens a copy of the token before it. {first.parameters / 1e6:.2f}M-"
-             f"parameter models (preset `{result.settings.preset}`), {first.train.steps} steps, "
-             f"{first.train.tokens:,} tokens each, the same seed and batches for every variant. Probes on "
+             f"{len(data.get('triggers', []))} trigger tokens a copy of the token before it. Models of "
+             f"{_parameters(v)} parameters (preset `{result.settings.preset}`), {first.train.steps} steps, "
+             f"{_fmt(first.train.tokens)} tokens each, the same seed and batches for every variant. Probes on "
              f"{result.settings.analysis_input_shape[0]} held-out sequences; *dormant* queries are ordinary "
              "tokens, *active* ones are triggers (their next token is the copy).", "",
              "| variant | loss | excess over Bayes | copy-position loss | sink rate | first-token share dormant "
@@ -129,28 +137,31 @@ def text_markdown(result: ComparisonResult) -> list[str]:
     lines = ["## Natural text", "",
              f"Preset `{s.preset}`{' (quick)' if s.quick else ''}; variants {', '.join(names)}; "
              f"same seed, data order and token budget for every variant. Data: {data.get('source')} "
-             f"({data.get('train_tokens', '?'):,} training tokens, "
-             f"{data.get('val_tokens', '?'):,} held-out tokens, tokenizer vocabulary "
-             f"{data['tokenizer']['vocab_size']}).", "",
+             f"({_fmt(data.get('train_tokens', '?'))} training tokens, "
+             f"{_fmt(data.get('val_tokens', '?'))} held-out tokens, tokenizer vocabulary "
+             f"{_fmt(data['tokenizer']['vocab_size'])}).", "",
              "### Results", "",
              "| variant | params | steps | tokens | train tok/s | val loss | val ppl | F-Attn (first-token share) "
              "| heads > 0.3 | M-Act (mean max abs act) | gate mean | loss spikes |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         r, p, t = v[name], v[name].probes, v[name].train
-        lines.append(f"| {name} | {r.parameters:,} | {t.steps} | {t.tokens:,} | {t.tokens_per_s:,.0f} "
-                     f"| {r.val_loss:.4f} | {r.val_ppl:.3f} | {p.f_attn:.3f} | "
-                     f"{p.frac_heads_above_eps:.2f} | {_fmt(p.m_act)} | {_fmt(p.gate_mean)} | {t.spikes} |")
+        lines.append(f"| {name} | {_fmt(r.parameters, si=True)} | {_fmt(t.steps)} | {_fmt(t.tokens)} "
+                     f"| {_fmt(t.tokens_per_s)} | {_cell(r.val_loss, 4)} | {_cell(r.val_ppl, 2)} | {_cell(p.f_attn)} "
+                     f"| {_cell(p.frac_heads_above_eps, 2)} | {_fmt(p.m_act)} | {_fmt(p.gate_mean)} "
+                     f"| {_fmt(t.spikes)} |")
     lines += ["", "### Beside the paper", "",
               "The paper's figures come from 15B-A2B MoE models trained on 400B tokens; this run trains "
-              f"{first.parameters / 1e6:.1f}M-parameter models on {first.train.tokens:,} tokens, "
+              f"models of {_parameters(v)} parameters on {_fmt(first.train.tokens)} tokens, "
               "so only the direction of an effect is comparable.", "",
               "| measure | paper: baseline | paper: G1 | here: " + " | here: ".join(names) + " |",
               "|---|---|---|" + "---|" * len(names)]
     for key, label in (("f_attn", "F-Attn"), ("m_act", "M-Act"), ("gate_mean", "gate mean")):
         paper = PAPER[key]
-        here = " | ".join(_fmt(getattr(v[n].probes, key)) for n in names)
-        lines.append(f"| {label} | {_fmt(paper.get('none'))} | {_fmt(paper.get('g1'))} | {here} |")
+        # As in the results table above: first-token shares to 3 decimals, the rest to 3 significant digits.
+        cell = _cell if key == "f_attn" else _fmt
+        here = " | ".join(cell(getattr(v[n].probes, key)) for n in names)
+        lines.append(f"| {label} | {cell(paper.get('none'))} | {cell(paper.get('g1'))} | {here} |")
     lines += ["", "### What this run shows", ""] + findings(result) + [
         "", "### Plots", ""] + [f"![{Path(p).stem}](text/{p})" for p in result.plots] + [
         "", "Per-run details (metrics.jsonl, config.yaml, checkpoints) are under `<task>/runs/<variant>/`; every "

@@ -154,22 +154,68 @@ class GatedLM(nn.Module):
     # -- decoding -----------------------------------------------------------------------------------------
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 32, do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-                 eos_token_id: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Greedy or sampled continuation with the KV cache; returns prompt + new tokens (B, T + n)."""
+                 eos_token_id: int | list[int] | None = None, generator: torch.Generator | None = None, *,
+                 attention_mask: torch.Tensor | None = None, num_return_sequences: int = 1,
+                 repetition_penalty: float = 1.0, stop_strings: str | list[str] | None = None, tokenizer=None,
+                 pad_token_id: int | None = None, **unsupported) -> torch.Tensor:
+        """Greedy or sampled continuation with the KV cache; returns prompt + new tokens (B', T + n) with
+        B' = B x ``num_return_sequences`` (each prompt's samples side by side), as HF's ``generate``.
+
+        ``attention_mask``: left padding (zeros before each row's tokens); padded rows are decoded one at a
+        time on their own tokens (exact, without batching's speed) and keep their pad ids in the output.
+        ``repetition_penalty``: HF's (CTRL) rule on every token of the row so far. A row stops at any of
+        ``eos_token_id`` (an id or a list) or once its new text contains one of ``stop_strings`` (decoded by
+        ``tokenizer``, anything with ``decode(ids)``); later positions hold ``pad_token_id`` (default: the
+        first EOS id). Other HF arguments (beam search, ...) raise a one-line error naming them.
+        """
+        if unsupported:
+            raise GatedAttnError(f"generate: unsupported argument(s) {', '.join(sorted(unsupported))}; supported: "
+                                 f"{', '.join(GENERATE_ARGS)}")
         check_sampling(max_new_tokens, temperature, top_p, top_k)
-        total, limit = input_ids.shape[1] + max_new_tokens, self.config.max_position_embeddings
+        if not (math.isfinite(repetition_penalty) and repetition_penalty > 0):
+            raise GatedAttnError(f"repetition_penalty must be a finite number > 0 (1 = none), got {repetition_penalty}")
+        if num_return_sequences < 1 or (num_return_sequences > 1 and not do_sample):
+            raise GatedAttnError(f"num_return_sequences={num_return_sequences}: must be 1, or > 1 with "
+                                 "do_sample=True (greedy decoding would return copies)")
+        stop_strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings or [])
+        if stop_strings and tokenizer is None:
+            raise GatedAttnError("generate: stop_strings needs tokenizer= (anything with decode(ids)) to read the text")
+        eos = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+        fill = pad_token_id if pad_token_id is not None else (eos[0] if eos else None)
+        if num_return_sequences > 1:
+            input_ids = input_ids.repeat_interleave(num_return_sequences, 0)
+            if attention_mask is not None:
+                attention_mask = torch.as_tensor(attention_mask).repeat_interleave(num_return_sequences, 0)
+        lengths = prompt_lengths(input_ids, attention_mask)
+        if stop_strings and fill is None and input_ids.shape[0] > 1:
+            raise GatedAttnError("generate: stop_strings on a batch needs pad_token_id or eos_token_id, the id "
+                                 "that fills the rows which stopped early")
+        total, limit = max(lengths) + max_new_tokens, self.config.max_position_embeddings
         if total > limit:
-            raise GatedAttnError(f"generate: the prompt ({input_ids.shape[1]} tokens) + max_new_tokens "
+            raise GatedAttnError(f"generate: the prompt ({max(lengths)} tokens) + max_new_tokens "
                                  f"({max_new_tokens}) = {total} exceeds model.max_position_embeddings={limit}; "
                                  "ask for fewer new tokens")
+        decode = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
+                      top_k=top_k, repetition_penalty=repetition_penalty, eos=eos, fill=fill,
+                      stop_strings=stop_strings, tokenizer=tokenizer, generator=generator)
+        B, T = input_ids.shape
         # Inference mode skips autograd's bookkeeping on every op (per-op overhead dominates batch-1
         # decoding); the result is cloned out of it so that callers may train on it.
         with torch.inference_mode():
-            tokens = self._decode(input_ids, max_new_tokens, do_sample, temperature, top_p, top_k,
-                                  eos_token_id, generator)
-        return tokens.clone()
+            if min(lengths) == T:
+                return self._decode(input_ids, **decode).clone()
+            rows = [self._decode(input_ids[i:i + 1, T - n:], **decode) for i, n in enumerate(lengths)]
+            new = max(r.shape[1] - n for r, n in zip(rows, lengths))
+            out = input_ids.new_empty(B, T + new)
+            for i, (r, n) in enumerate(zip(rows, lengths)):
+                out[i, :T - n] = input_ids[i, :T - n]  # the pad ids, as given
+                out[i, T - n:T - n + r.shape[1]] = r[0]
+                if r.shape[1] - n < new:  # it stopped early (so a fill id exists): the rest is padding
+                    out[i, T - n + r.shape[1]:] = fill
+            return out.clone()
 
-    def _decode(self, input_ids, max_new_tokens, do_sample, temperature, top_p, top_k, eos_token_id, generator):
+    def _decode(self, input_ids, max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty, eos,
+                fill, stop_strings, tokenizer, generator):
         B, T = input_ids.shape
         # Cache and output are allocated once at their final length: no regrowth while decoding.
         cache = KVCache(len(self.layers), capacity=self.num_register_tokens + T + max_new_tokens)
@@ -177,15 +223,22 @@ class GatedLM(nn.Module):
         tokens[:, :T] = input_ids
         logits = self(input_ids, past_key_values=cache).logits[:, -1]
         done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+        eos_ids = torch.tensor(eos, device=input_ids.device) if eos else None
         n = T
         for _ in range(max_new_tokens):
+            if repetition_penalty != 1.0:
+                logits = penalize_repetition(logits, tokens[:, :n], repetition_penalty)
             nxt = sample_next(logits, do_sample, temperature, top_p, top_k, generator)
-            if eos_token_id is not None:
-                nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
-                done |= nxt == eos_token_id
+            if fill is not None:
+                nxt = torch.where(done, torch.full_like(nxt, fill), nxt)
             tokens[:, n] = nxt
             n += 1
-            if eos_token_id is not None and bool(done.all()):
+            if eos_ids is not None:
+                done |= torch.isin(nxt, eos_ids)
+            for i in (~done).nonzero().flatten().tolist() if stop_strings else ():
+                text = tokenizer.decode(tokens[i, T:n].tolist())
+                done[i] = any(s in text for s in stop_strings)
+            if (eos or stop_strings) and bool(done.all()):
                 break
             logits = self(tokens[:, n - 1:n], past_key_values=cache).logits[:, -1]
         return tokens[:, :n]
@@ -220,6 +273,34 @@ class GatedLM(nn.Module):
             raise GatedAttnError(f"cannot load weights {directory / WEIGHTS_NAME}: "
                                  f"{str(e).splitlines()[0]}") from None
         return model.eval()  # as transformers does: call .train() to fine-tune
+
+
+GENERATE_ARGS = ("input_ids", "max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "eos_token_id",
+                 "generator", "attention_mask", "num_return_sequences", "repetition_penalty", "stop_strings",
+                 "tokenizer", "pad_token_id")
+
+
+def prompt_lengths(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[int]:
+    """Each row's number of real tokens under a left-padding mask (all of them without one)."""
+    B, T = input_ids.shape
+    if attention_mask is None:
+        return [T] * B
+    mask = torch.as_tensor(attention_mask, device=input_ids.device).bool()
+    if mask.shape != input_ids.shape:
+        raise GatedAttnError(f"attention_mask has shape {tuple(mask.shape)}, input_ids {tuple(input_ids.shape)}; "
+                             "they must match")
+    if bool((mask[:, 1:] < mask[:, :-1]).any()) or not bool(mask[:, -1].all()):
+        raise GatedAttnError("attention_mask must be left padding: zeros, then ones to the end of each row "
+                             "(pad on the left, as for HF decoder-only generation)")
+    return mask.sum(1).tolist()
+
+
+def penalize_repetition(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """HF's RepetitionPenaltyLogitsProcessor: the logit of every token in ``seen`` (B, n) is divided by
+    ``penalty`` where positive and multiplied where negative."""
+    logits = logits.float()
+    score = logits.gather(1, seen)
+    return logits.scatter(1, seen, torch.where(score < 0, score * penalty, score / penalty))
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_p: float, top_k: int) -> None:

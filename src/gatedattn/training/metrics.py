@@ -32,8 +32,19 @@ def _clean(value):
     return value
 
 
+def tensorboard_tag(key: str) -> str:
+    """The TensorBoard tag of a metrics.jsonl key, grouped by section: ``loss`` -> ``train/loss``,
+    ``val_ppl`` -> ``val/ppl``; keys that name their section (``probe/...``) stay as they are."""
+    if "/" in key:
+        return key
+    if key.startswith("val_"):
+        return "val/" + key[len("val_"):]
+    return "train/" + key
+
+
 class MetricsLog:
-    """Appends one JSON object per line to ``metrics.jsonl``; mirrors numbers to TensorBoard if available."""
+    """Appends one JSON object per line to ``metrics.jsonl``; mirrors numbers to TensorBoard if available
+    (tags from ``tensorboard_tag``; the JSONL keys stay as they are, other code reads them)."""
 
     def __init__(self, path: Path, tensorboard: bool = True):
         self.path = path
@@ -61,7 +72,7 @@ class MetricsLog:
         if self.tb is not None and "step" in record:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
-                    self.tb.add_scalar(key, value, record["step"])
+                    self.tb.add_scalar(tensorboard_tag(key), value, record["step"])
 
     def close(self) -> None:
         self.file.close()
@@ -151,12 +162,13 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(self.format(record), file=sys.stderr)
 
 
-def setup_cli_logging(verbose: bool = True) -> None:
-    """Route gatedattn's log lines to stderr through tqdm, so they do not break the progress bar."""
+def setup_cli_logging(level: int = logging.INFO) -> None:
+    """Route gatedattn's log lines of ``level`` and above to stderr through tqdm, so they do not break the
+    progress bar."""
     logger = logging.getLogger("gatedattn")
     if not any(isinstance(h, _TqdmHandler) for h in logger.handlers):
         handler = _TqdmHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.propagate = False
-    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    logger.setLevel(level)

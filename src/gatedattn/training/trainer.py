@@ -26,7 +26,7 @@ from ..artifacts import (DATA_INFO, ENVIRONMENT, LOSS_PLOT, METRICS, RESULT, RUN
                          TOKENIZER_NAME, CheckpointError, load_model, load_trainer_state, open_latest, run_file,
                          save_checkpoint, tidy_run)
 from ..artifacts.checkpoints import checkpoint_step, prune_checkpoints
-from ..config import Config
+from ..config import DEVICES, Config
 from ..data.pipeline import DataBundle, prepare_data
 from ..data.sampler import EpochSampler
 from ..data.tokenizer import TextTokenizer
@@ -97,11 +97,12 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, setting: str = "train.device") -> torch.device:
+    """auto, cpu or cuda (``setting`` names where the choice came from, for the error)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise GatedAttnError("train.device=cuda but no CUDA device is available; allowed: auto, cpu, cuda")
+        raise GatedAttnError(f"{setting}=cuda but no CUDA device is available; allowed: {', '.join(DEVICES)}")
     return torch.device(name)
 
 
