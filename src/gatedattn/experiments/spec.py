@@ -2,7 +2,7 @@
 config (compare's budgets plus overrides), a grid (variants and any dotted config keys, each with a list of
 values) and the seeds; ``quick`` replaces some of those keys under ``--quick``.
 
-A spec is a YAML file or one of the built-in ``SPECS`` (``gatedattn sweep --print-spec NAME`` shows one as
+A spec is a YAML file or one of the built-in ``SPECS`` (``gatedattn sweep NAME --print-spec`` shows one as
 YAML, a starting point for your own). Every cell of the grid is run once per seed.
 """
 
