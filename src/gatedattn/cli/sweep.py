@@ -2,9 +2,9 @@
 with means, 95% intervals and differences against the baseline paired by seed.
 
 SPEC is a built-in spec (paper-table1, paper-table3, paper-table4, lr-stability) or a YAML file
-(`gatedattn sweep NAME --print-spec` prints one to start from). Writes OUT/summary.md (tables shaped like the paper's, its
-numbers beside ours), OUT/summary.json, OUT/runs.csv (one row per run) and OUT/plots/*.png; each run is a
-resumable run directory under OUT/TASK/runs/CELL/seedK. Re-running on the same OUT reuses finished runs and
+('gatedattn sweep NAME --print-spec' prints one to start from). Writes OUT/summary.md (tables shaped like
+the paper's, its numbers beside ours), OUT/summary.json, OUT/runs.csv (one row per run) and
+OUT/plots/*.png; each run is a resumable run directory under OUT/TASK/runs/CELL/seedK. Re-running on the same OUT reuses finished runs and
 resumes the one a killed sweep was in.
 """
 
