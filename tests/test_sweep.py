@@ -162,10 +162,14 @@ def test_sweep_end_to_end_statistics_match_the_runs(tmp_path, shared_cache):
 
 
 def test_diverged_runs_are_counted_not_averaged(tmp_path, shared_cache):
-    summary = run_sweep(tiny_spec(divergence_loss=0.01), SweepSettings(out=tmp_path / "sw", progress=False))
+    summary = run_sweep(tiny_spec(divergence_loss=0.01, paper="table4"),
+                        SweepSettings(out=tmp_path / "sw", progress=False))
     for c in summary.tasks["lab"]:
         assert c.diverged == 2 and c.metrics["val_loss"].mean is None
-    assert "(2 diverged)" in (tmp_path / "sw" / "summary.md").read_text()
+        assert c.metrics["f_attn_dormant"].n == 2  # the probes of a diverged run are still reported
+    report = (tmp_path / "sw" / "summary.md").read_text()
+    assert "(2 diverged)" in report
+    assert "| `g1` | (2) SDPA Elementwise Gate | 0.116 | 94 | 0.048 |" in report  # the paper's row beside ours
 
 
 CHILD = """

@@ -50,6 +50,7 @@ METRICS = {
     "largest_spike": ("largest spike", _stability("largest_spike")),
 }
 PAIRED = ("val_loss", "f_attn", "m_act", "f_attn_dormant", "excess_loss")  # differences tested against baseline
+PER_SEED = ("f_attn_dormant", "sink_rate")  # shown seed by seed too: a sink forms in some seeds and not others
 
 
 @dataclass
@@ -174,12 +175,16 @@ def _json_default(x):
     return x if not isinstance(x, float) or math.isfinite(x) else None
 
 
-def _est(e: Estimate, digits: int = 3) -> str:
+def _est(e: Estimate, digits: int = 3, seeds: dict | None = None) -> str:
+    """``mean ± half-width``; with ``seeds`` (seed -> value) the values themselves follow, in seed order."""
     if e.mean is None:
         return "–"
-    if e.low is None:
-        return format_number(e.mean, digits)
-    return f"{format_number(e.mean, digits)} ± {format_number((e.high - e.low) / 2, 2)}"
+    text = format_number(e.mean, digits)
+    if e.low is not None:
+        text += f" ± {format_number((e.high - e.low) / 2, 2)}"
+    if seeds:
+        text += " (" + ", ".join(format_number(seeds[s], 2) for s in sorted(seeds)) + ")"
+    return text
 
 
 def _diff(p: PairedDifference | None) -> str:
@@ -188,6 +193,14 @@ def _diff(p: PairedDifference | None) -> str:
     d = p.diff
     ci = f" [{d.low:+.4f}, {d.high:+.4f}]" if d.low is not None else ""
     return f"{d.mean:+.4f}{ci}"
+
+
+def _short_diff(p: PairedDifference | None) -> str:
+    """``Δ (p_t)``: the paired mean difference and its t-test p-value."""
+    if p is None or p.diff.mean is None:
+        return "–"
+    return f"{format_number(p.diff.mean, 2)} ({format_number(p.p_t, 2)})" if p.p_t is not None else \
+        format_number(p.diff.mean, 2)
 
 
 def _pvalues(p: PairedDifference | None) -> str:
@@ -246,7 +259,8 @@ def _cell_table(cells: list[CellSummary], columns: tuple[str, ...]) -> list[str]
         added = "–" if c.added_parameters is None else f"{c.added_parameters:+,}"
         lines.append("| " + " | ".join([f"`{c.cell_id}`", runs, _est(c.metrics["val_loss"], 4),
                                        _diff(c.paired.get("val_loss")), _pvalues(c.paired.get("val_loss")),
-                                       *[_est(c.metrics[m]) for m in columns], added]) + " |")
+                                       *[_est(c.metrics[m], seeds=c.values[m] if m in PER_SEED else None)
+                                         for m in columns], added]) + " |")
     return lines
 
 
@@ -282,16 +296,17 @@ def _paper_table(cells: list[CellSummary], table: str, task: str) -> list[str]:
     ours = {c.cell[VARIANT_AXIS]: c for c in cells if len(c.cell) == 1}
     if not ours:
         return []
-    head = ["variant", "paper row", *[f"paper: {col}" for col in t.columns], "here: val loss", "here: Δ loss",
-            "here: F-Attn" if task == "text" else "here: dormant share", "here: M-Act", "here: gate mean"]
+    share = "f_attn" if task == "text" else "f_attn_dormant"
+    head = ["variant", "paper row", *[f"paper: {col}" for col in t.columns], "here: val loss", "here: Δ loss (p_t)",
+            f"here: {METRICS[share][0]}", "Δ (p_t)", "here: M-Act", "Δ (p_t)", "here: gate mean"]
     lines = [f"Beside the paper's {t.title} ({t.scale}; ours trains models of about a million parameters on "
              "a few million tokens):", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    share = "f_attn" if task == "text" else "f_attn_dormant"
     for variant, c in ours.items():
         label, values = t.rows.get(variant, ("not in the table", (None,) * len(t.columns)))
         lines.append("| " + " | ".join([f"`{variant}`", label, *[format_number(v) for v in values],
-                                       _est(c.metrics["val_loss"], 4), _diff(c.paired.get("val_loss")),
-                                       _est(c.metrics[share]), _est(c.metrics["m_act"]),
+                                       _est(c.metrics["val_loss"], 4), _short_diff(c.paired.get("val_loss")),
+                                       _est(c.metrics[share]), _short_diff(c.paired.get(share)),
+                                       _est(c.metrics["m_act"]), _short_diff(c.paired.get("m_act")),
                                        _est(c.metrics["gate_mean"])]) + " |")
     return lines
 
