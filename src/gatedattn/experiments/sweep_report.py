@@ -349,7 +349,7 @@ def _plot_curves(cells, records, path: Path, title: str) -> Path:
         x, mean, low, high = _band(series)
         line, = ax.plot(x, mean, label=f"{c.cell_id} (n={len(series)})", lw=1.2)
         ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, lw=0)
-    ax.set(xlabel="step", ylabel="training loss (EMA 0.1)", title=f"{title}: mean over seeds, band = min-max")
+    ax.set(xlabel="step", ylabel="training loss (EMA 0.1)", title=f"{title}\nmean over seeds, band = min to max")
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)
 
@@ -369,7 +369,7 @@ def _plot_bars(cells, path: Path, title: str) -> Path:
     if finite:
         spread = max(max(finite) - min(finite), 1e-3)
         ax.set_ylim(min(finite) - 2 * spread, max(finite) + 2 * spread)
-    ax.set(ylabel="validation loss (nats)", title=f"{title}: mean and 95% interval over seeds")
+    ax.set(ylabel="validation loss (nats)", title=f"{title}\nmean and 95% interval over seeds")
     return _save(fig, path)
 
 
@@ -384,14 +384,16 @@ def _plot_lr(cells, spec: SweepSpec, path: Path, title: str) -> Path:
     for label, cs in groups.items():
         cs = sorted(cs, key=lambda c: c.cell["train.lr"])
         pts = [(c.cell["train.lr"], c.metrics["val_loss"]) for c in cs if c.metrics["val_loss"].mean is not None]
-        line, = ax.plot([p for p, _ in pts], [e.mean for _, e in pts], marker="o", label=label)
+        half = [0 if e.low is None else (e.high - e.low) / 2 for _, e in pts]
+        line = ax.errorbar([p for p, _ in pts], [e.mean for _, e in pts], yerr=half, marker="o", capsize=3,
+                           label=label).lines[0]
         bad = [c.cell["train.lr"] for c in cs if c.diverged]
         if bad:
             ax.scatter(bad, [max((e.mean for _, e in pts), default=0)] * len(bad), marker="x", s=60,
                        color=line.get_color())
     ax.set_xscale("log")
     ax.set(xlabel="peak learning rate", ylabel="final validation loss (nats)",
-           title=f"{title}: loss by learning rate (x = a seed diverged)")
+           title=f"{title}\nloss by learning rate (x: a seed diverged)")
     ax.legend(fontsize=7)
     return _save(fig, path)
 
@@ -411,7 +413,7 @@ def _plot_sink(cells, records, path: Path, title: str) -> Path:
         line, = ax.plot(x, mean, marker=".", label=c.cell_id)
         ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, lw=0)
     ax.set(xlabel="step", ylabel="first-token share of dormant queries",
-           title=f"{title}: the sink forming (mean over seeds, band = min-max)")
+           title=f"{title}\nsink formation: mean over seeds, band = min to max")
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)
 
