@@ -483,6 +483,15 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def dotted(tree: dict, prefix: str = "") -> dict:
+    """A config dict as ``{"model.d_model": 256, ...}``; RoPE scaling stays one value (its own dict)."""
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        out.update(dotted(v, key + ".") if isinstance(v, dict) and k != "scaling" else {key: v})
+    return out
+
+
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}``."""
     out: dict[str, Any] = {}

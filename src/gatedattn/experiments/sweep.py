@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import dotted
 from ..errors import GatedAttnError
 from ..fileio import atomic_write_text, read_json_object
 from .results import VariantResult
@@ -120,13 +121,6 @@ def fingerprint(cfg, plan: RunPlan) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def stored_record(plan: RunPlan, cfg) -> RunRecord | None:
     """The run's record if it measured this very config; None otherwise (a changed spec retrains)."""
     path = Path(plan.run_dir) / RUN_RECORD
@@ -176,7 +170,7 @@ def execute(plan: RunPlan, divergence_loss: float | None, progress: bool = True)
         error = str(e)
     diverged = result is None or not math.isfinite(result.val_loss) or result.val_loss > bound
     record = RunRecord(plan.task, plan.cell, plan.cell_id, plan.seed, fingerprint(cfg, plan),
-                       _flatten(cfg.to_dict()), diverged, error, bound, result)
+                       dotted(cfg.to_dict()), diverged, error, bound, result)
     atomic_write_text(Path(plan.run_dir) / RUN_RECORD, json.dumps(record.to_dict(), indent=1, default=str))
     return record
 

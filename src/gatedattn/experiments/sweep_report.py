@@ -264,14 +264,19 @@ def _cell_table(cells: list[CellSummary], columns: tuple[str, ...]) -> list[str]
     return lines
 
 
-def _lr_table(cells: list[CellSummary], spec: SweepSpec) -> list[str]:
-    """Final loss by learning rate, one column per (variant, other axes): the stability picture."""
-    others = [a for a in spec.grid if a not in ("train.lr",)]
+def _by_learning_rate(cells: list[CellSummary], spec: SweepSpec) -> dict[str, dict]:
+    """The cells grouped by their other axes ("g1, sandwich_norm=True"), each group as lr -> cell."""
     groups: dict[str, dict] = {}
     for c in cells:
         label = ", ".join(f"{a.rsplit('.', 1)[-1]}={c.cell[a]}" if a != VARIANT_AXIS else str(c.cell[a])
-                          for a in others)
+                          for a in spec.grid if a != "train.lr")
         groups.setdefault(label, {})[c.cell["train.lr"]] = c
+    return groups
+
+
+def _lr_table(cells: list[CellSummary], spec: SweepSpec) -> list[str]:
+    """Final loss by learning rate, one column per (variant, other axes): the stability picture."""
+    groups = _by_learning_rate(cells, spec)
     lrs = spec.grid["train.lr"]
     lines = ["Final validation loss by peak learning rate (diverged runs: non-finite or above ln(vocab), "
              "counted, not averaged):", "", "| | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
@@ -376,13 +381,8 @@ def _plot_bars(cells, path: Path, title: str) -> Path:
 def _plot_lr(cells, spec: SweepSpec, path: Path, title: str) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    groups: dict[str, list] = {}
-    for c in cells:
-        label = ", ".join(f"{a.rsplit('.', 1)[-1]}={c.cell[a]}" if a != VARIANT_AXIS else str(c.cell[a])
-                          for a in spec.grid if a != "train.lr")
-        groups.setdefault(label, []).append(c)
-    for label, cs in groups.items():
-        cs = sorted(cs, key=lambda c: c.cell["train.lr"])
+    for label, by_lr in _by_learning_rate(cells, spec).items():
+        cs = [by_lr[lr] for lr in sorted(by_lr)]
         pts = [(c.cell["train.lr"], c.metrics["val_loss"]) for c in cs if c.metrics["val_loss"].mean is not None]
         half = [0 if e.low is None else (e.high - e.low) / 2 for _, e in pts]
         line = ax.errorbar([p for p, _ in pts], [e.mean for _, e in pts], yerr=half, marker="o", capsize=3,

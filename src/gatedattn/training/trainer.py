@@ -26,7 +26,7 @@ from ..artifacts import (DATA_INFO, ENVIRONMENT, LOSS_PLOT, METRICS, RESULT, RUN
                          TOKENIZER_NAME, CheckpointError, load_model, load_trainer_state, open_latest, run_file,
                          save_checkpoint, tidy_run)
 from ..artifacts.checkpoints import checkpoint_step, prune_checkpoints
-from ..config import DEVICES, Config
+from ..config import DEVICES, Config, dotted
 from ..data.pipeline import DataBundle, prepare_data
 from ..data.sampler import EpochSampler
 from ..data.tokenizer import TextTokenizer
@@ -89,14 +89,6 @@ def config_yaml(cfg: Config) -> str:
             + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) and k != "scaling" else {key: v})
-    return out
-
-
 def pick_device(name: str, setting: str = "train.device") -> torch.device:
     """auto, cpu or cuda (``setting`` names where the choice came from, for the error)."""
     if name == "auto":
@@ -154,7 +146,7 @@ def _read_resume(path: Path) -> _Resume:
         raise CheckpointError(f"{RUN_CONFIG_NAME} is unreadable") from None
     if not isinstance(saved, dict):
         raise CheckpointError(f"{RUN_CONFIG_NAME} holds no config")
-    return _Resume(path, state, TextTokenizer.from_file(tok_file), _flatten(saved))
+    return _Resume(path, state, TextTokenizer.from_file(tok_file), dotted(saved))
 
 
 def _describes(path: Path, result: RunResult) -> bool:
@@ -427,8 +419,8 @@ class Trainer:
                 self.state.last_val_loss = record["val_loss"]
 
     def _check_same_run(self, saved: dict) -> None:
-        new = _flatten(self.config.to_dict())
-        default = _flatten(Config().to_dict())  # a key added since the run started, at its default, is no change
+        new = dotted(self.config.to_dict())
+        default = dotted(Config().to_dict())  # a key added since the run started, at its default, is no change
         diff = [f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(saved) | set(new))
                 if saved.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
                 and not (k not in saved and k in default and new.get(k) == default[k])]
