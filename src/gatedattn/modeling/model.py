@@ -33,6 +33,8 @@ from .ops import linear_cross_entropy
 from .rope import RotaryEmbedding
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+MODEL_CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig))
+HF_PREFIX = "model."  # our names inside gatedattn.hf.GatedAttnForCausalLM
 
 
 @dataclass
@@ -255,10 +257,11 @@ class GatedLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "GatedLM":
-        """Load a model directory written by ``save_pretrained`` (a training run's newest checkpoint:
+        """Load a model directory written by ``save_pretrained`` or by transformers' ``save_pretrained`` of
+        ``gatedattn.hf.GatedAttnForCausalLM`` (a training run's newest checkpoint:
         ``gatedattn.load_model(run_dir)``)."""
         from safetensors import SafetensorError
-        from safetensors.torch import load_model
+        from safetensors.torch import load_file
 
         directory = Path(directory)
         if not (directory / CONFIG_NAME).is_file() or not (directory / WEIGHTS_NAME).is_file():
@@ -266,12 +269,22 @@ class GatedLM(nn.Module):
                                  "for a training run use gatedattn.load_model")
         data = read_json_object(directory / CONFIG_NAME, "model config")
         data.pop("model_type", None)
+        if "transformers_version" in data:  # written by transformers: its bookkeeping keys sit beside ours
+            data = {k: v for k, v in data.items() if k in MODEL_CONFIG_KEYS}
         model = cls(model_config_from_dict(data))
         try:
-            load_model(model, str(directory / WEIGHTS_NAME), device=str(map_location))
+            state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
         except (OSError, SafetensorError, RuntimeError) as e:
             raise GatedAttnError(f"cannot load weights {directory / WEIGHTS_NAME}: "
                                  f"{str(e).splitlines()[0]}") from None
+        if state and all(k.startswith(HF_PREFIX) for k in state):  # transformers' wrapper holds us as `model`
+            state = {k[len(HF_PREFIX):]: v for k, v in state.items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        tied = {"embed.weight", "lm_head.weight"} if model.config.tie_embeddings else set()
+        missing = [m for m in missing if not (m in tied and tied & state.keys())]  # one name of a tied pair
+        if missing or unexpected:
+            raise GatedAttnError(f"cannot load weights {directory / WEIGHTS_NAME}: missing {missing[:3]}, "
+                                 f"unexpected {unexpected[:3]}")
         return model.eval()  # as transformers does: call .train() to fine-tune
 
 
