@@ -5,7 +5,12 @@
     model = AutoModelForCausalLM.from_pretrained("path/to/our/model")  # then model.generate(...)
 """
 
-from transformers import AutoConfig, AutoModelForCausalLM
+from ..errors import MissingExtraError
+
+try:
+    from transformers import AutoConfig, AutoModelForCausalLM
+except ImportError:
+    raise MissingExtraError("gatedattn.hf needs transformers: pip install 'gatedattn[hf]'") from None
 
 from .modeling import CacheView, GatedAttnConfig, GatedAttnForCausalLM
 

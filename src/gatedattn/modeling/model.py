@@ -51,13 +51,13 @@ class GatedLMOutput:
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
-        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_zero_centered)
         self.attn = Attention(cfg, layer_idx)
-        self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_zero_centered)
         self.ffn = build_ffn(cfg)
         if cfg.sandwich_norm:  # norm the sub-layer output too, before the residual add
-            self.attn_post_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-            self.ffn_post_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+            self.attn_post_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_zero_centered)
+            self.ffn_post_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_zero_centered)
         self.sandwich = cfg.sandwich_norm
         self.hook_resid_mid, self.hook_resid_post = HookPoint(), HookPoint()
 
@@ -79,7 +79,7 @@ class GatedLM(nn.Module):
         n_reg = cfg.attention.num_register_tokens
         self.register_tokens = nn.Parameter(torch.zeros(n_reg, cfg.d_model)) if n_reg else None
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_zero_centered)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
@@ -96,7 +96,7 @@ class GatedLM(nn.Module):
                 if getattr(m, "bias", None) is not None:
                     m.bias.zero_()
             elif isinstance(m, RMSNorm):
-                m.weight.fill_(1.0)
+                m.reset_parameters()
             elif isinstance(m, MoE):
                 for w in (m.w_gate, m.w_up, m.w_down):
                     w.normal_(0.0, std)
