@@ -1,6 +1,6 @@
 """gatedattn.hf: GatedLM behind transformers' Auto classes. Round trips in both directions keep the logits,
 HF generate equals GatedLM.generate (greedy, seeded sampling) and HF's own beam search on the equivalent
-native Qwen3, and the cache is a transformers Cache."""
+native Qwen3 / Qwen3-Next, and the cache is a transformers Cache."""
 
 import pytest
 import torch
@@ -12,6 +12,7 @@ import gatedattn.hf  # noqa: E402  (registers the Auto classes)
 from gatedattn import GatedAttnError, GatedLM, load_model  # noqa: E402
 from gatedattn.hf import GatedAttnConfig, GatedAttnForCausalLM  # noqa: E402
 from gatedattn.modeling.hf_convert import to_hf  # noqa: E402
+from gatedattn.modeling.hf_qwen3_next import to_qwen3_next  # noqa: E402
 
 CONFIGS = {
     "g1-tied": {"attention.gate.position": "g1"},
@@ -76,9 +77,11 @@ def test_hf_greedy_and_seeded_sampling_equal_gatedlm_generate(position):
     assert not torch.equal(ours, model.generate(x, max_new_tokens=12))  # sampling changed something
 
 
-def test_hf_beam_search_equals_beam_search_on_the_native_qwen3():
-    model = tiny_model(initializer_range=0.2)  # ungated: transformers' Qwen3 computes the same function
-    native = to_hf(model)
+@pytest.mark.parametrize("position", ["none", "g1"])
+def test_hf_beam_search_equals_beam_search_on_the_native_model(position):
+    """Ungated: transformers' Qwen3 computes the same function; G1 elementwise: its Qwen3-Next."""
+    model = tiny_model(**{"attention.gate.position": position, "initializer_range": 0.2})
+    native = to_hf(model) if position == "none" else to_qwen3_next(model)
     x = torch.randint(0, 257, (2, 5))
     kwargs = dict(max_new_tokens=10, num_beams=4, num_return_sequences=2, do_sample=False,
                   attention_mask=torch.ones_like(x), pad_token_id=0)
