@@ -1,7 +1,8 @@
 """Native export and import, each against an independent reference.
 
 - Export: `gatedattn export` directories load with *only* transformers (a subprocess that never imports
-  gatedattn) as Qwen3NextForCausalLM / Qwen3ForCausalLM / LlamaForCausalLM, with our logits, and
+  gatedattn) as Qwen3NextForCausalLM / Qwen3ForCausalLM / LlamaForCausalLM / Qwen2ForCausalLM, with our
+  logits, and
   AutoTokenizer encodes as our tokenizer does.
 - Import: those directories, and a checkpoint in the official gated_attention layout written here by a
   re-implementation of its per-KV-group row order (loops over groups, not layout.py), give our logits back.
@@ -32,9 +33,11 @@ QWEN3_NEXT = {"attention.gate.position": "g1", "norm_zero_centered": True, "rope
 QWEN3_NEXT_MOE = {"attention.gate.position": "g1", "norm_zero_centered": True, "rope.partial_rotary_factor": 0.5,
                   "moe.num_experts": 4, "moe.top_k": 2, "moe.shared_expert_ffn_dim": 32,
                   "moe.shared_expert_gate": True}
-EXPORTS = {"qwen3-next": QWEN3_NEXT, "qwen3-next-moe": QWEN3_NEXT_MOE, "qwen3": {}, "llama": {"attention.qk_norm": False}}
-CLASSES = {"qwen3-next": "Qwen3NextForCausalLM", "qwen3-next-moe": "Qwen3NextForCausalLM", "qwen3": "Qwen3ForCausalLM",
-           "llama": "LlamaForCausalLM"}
+EXPORTS = {"qwen3-next": QWEN3_NEXT, "qwen3-next-moe": QWEN3_NEXT_MOE, "qwen3": {},
+           "llama": {"attention.qk_norm": False},
+           "qwen2": {"attention.qk_norm": False, "attention.qkv_bias": True}}
+CLASSES = {"qwen3-next": "Qwen3NextForCausalLM", "qwen3-next-moe": "Qwen3NextForCausalLM",
+           "qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
 # Runs with transformers and torch only; gatedattn must stay unimported.
 ONLY_TRANSFORMERS = """
@@ -234,7 +237,8 @@ def test_shared_expert_gate_equals_its_formula():
         routed = sum(w * (torch.nn.functional.silu(token @ moe.w_gate[e]) * (token @ moe.w_up[e])) @ moe.w_down[e]
                      for w, e in zip(weights, experts))
         s = moe.shared_expert
-        shared = s.down_proj.weight @ (torch.nn.functional.silu(s.gate_proj.weight @ token) * (s.up_proj.weight @ token))
+        hidden = torch.nn.functional.silu(s.gate_proj.weight @ token) * (s.up_proj.weight @ token)
+        shared = s.down_proj.weight @ hidden
         expected.append(routed + torch.sigmoid(moe.shared_expert_gate.weight[0] @ token) * shared)
     torch.testing.assert_close(moe(x), torch.stack(expected), rtol=0, atol=1e-12)
 

@@ -87,7 +87,8 @@ class GatedAttnForCausalLM(PreTrainedModel, GenerationMixin):
     @classmethod
     def from_gatedlm(cls, model: GatedLM) -> "GatedAttnForCausalLM":
         """The HF wrapper around an existing GatedLM (its parameters shared, not copied)."""
-        wrapper = cls(GatedAttnConfig.from_model_config(model.config))
+        with torch.device("meta"):  # no second set of weights: the wrapper's own model is replaced at once
+            wrapper = cls(GatedAttnConfig.from_model_config(model.config))
         wrapper.model = model
         return wrapper.to(next(model.parameters()).dtype).eval()
 
