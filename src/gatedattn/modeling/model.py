@@ -168,11 +168,13 @@ class GatedLM(nn.Module):
         ``repetition_penalty``: HF's (CTRL) rule on every token of the row so far. A row stops at any of
         ``eos_token_id`` (an id or a list) or once its new text contains one of ``stop_strings`` (decoded by
         ``tokenizer``, anything with ``decode(ids)``); later positions hold ``pad_token_id`` (default: the
-        first EOS id). Other HF arguments (beam search, ...) raise a one-line error naming them.
+        first EOS id). Other HF arguments (beam search, ...) raise a one-line error naming them; transformers'
+        own ``generate`` runs on ``gatedattn.hf.GatedAttnForCausalLM.from_gatedlm(model)``.
         """
         if unsupported:
             raise GatedAttnError(f"generate: unsupported argument(s) {', '.join(sorted(unsupported))}; supported: "
-                                 f"{', '.join(GENERATE_ARGS)}")
+                                 f"{', '.join(GENERATE_ARGS)} (transformers' generate, beam search included: "
+                                 "gatedattn.hf.GatedAttnForCausalLM.from_gatedlm(model).generate)")
         check_sampling(max_new_tokens, temperature, top_p, top_k)
         if not (math.isfinite(repetition_penalty) and repetition_penalty > 0):
             raise GatedAttnError(f"repetition_penalty must be a finite number > 0 (1 = none), got {repetition_penalty}")
