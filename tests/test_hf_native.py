@@ -115,6 +115,27 @@ def test_import_of_the_export_gives_our_logits(exported, tmp_path, name):
             assert torch.equal(ours, theirs), key
 
 
+def test_import_of_a_qwen3_next_built_by_transformers_gives_its_logits(tmp_path):
+    """A checkpoint our exporter never touched: transformers' own Qwen3-Next (MoE, partial rotary, biases)."""
+    from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
+
+    cfg = Qwen3NextConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4,
+                          num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=24,
+                          attention_bias=True, layer_types=["full_attention"] * 2, tie_word_embeddings=False)
+    hf = Qwen3NextForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    hf.save_pretrained(tmp_path / "hf")
+    assert main(["-q", "import", str(tmp_path / "hf"), "--out", str(tmp_path / "ours")]) == 0
+    ours = load_model(tmp_path / "ours").model
+    assert ours.config.rope.partial_rotary_factor == 0.25 and ours.config.moe.shared_expert_gate
+    ids = torch.randint(0, 97, (2, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, hf(ids).logits, rtol=0, atol=1e-5)
+
+
 # -- the official gated_attention layout ---------------------------------------------------------------------
 def _official_q_rows(q_proj, H, K, D, per_head):
     """The official modeling_qwen3.py reads q_proj's output as (KV group, [its n heads' queries, then their

@@ -22,8 +22,6 @@ from ..errors import GatedAttnError
 from ..modeling.model import MODEL_CONFIG_KEYS, GatedLM
 
 
-
-
 class GatedAttnConfig(PreTrainedConfig):
     """Our ``ModelConfig`` as an HF config: its keys are attributes (``model_config()`` rebuilds it)."""
 
@@ -35,7 +33,7 @@ class GatedAttnConfig(PreTrainedConfig):
         given = {key: kwargs.pop(key) for key in MODEL_CONFIG_KEYS if key in kwargs}
         cfg = model_config_from_dict(given)  # validated, defaults filled in
         kwargs.update(dataclasses.asdict(cfg))
-        kwargs.setdefault("tie_word_embeddings", cfg.tie_embeddings)
+        kwargs["tie_word_embeddings"] = cfg.tie_embeddings  # HF ties (or not) as we do
         super().__post_init__(**kwargs)
 
     @classmethod
@@ -93,7 +91,7 @@ class GatedAttnForCausalLM(PreTrainedModel, GenerationMixin):
         return wrapper.to(next(model.parameters()).dtype).eval()
 
     def _init_weights(self, module):
-        """GatedLM initialises its own parameters; missing weights on load get its initialisation too."""
+        """GatedLM's own initialisation (HF's generic rules would, e.g., set zero-centred norm weights to 1)."""
         if isinstance(module, GatedLM):
             module.reset_parameters()
 

@@ -192,7 +192,7 @@ def from_hf_config(hf_config) -> ModelConfig:
     if getattr(hf_config, "hidden_act", "silu") != "silu" or getattr(hf_config, "mlp_bias", False):
         raise GatedAttnError("only SwiGLU MLPs without bias (hidden_act=silu, mlp_bias=false) convert to a GatedLM")
     if family != "qwen2" and getattr(hf_config, "attention_bias", False):
-        raise GatedAttnError(f"{family} with attention_bias=true (biases on q/k/v and o_proj) is not converted; "
+        raise GatedAttnError(f"{family} with attention_bias=true (q/k/v biases and an o_proj bias) is not converted; "
                              "allowed: attention_bias=false, or qwen2 (q/k/v biases only)")
     if getattr(hf_config, "use_sliding_window", False):
         raise GatedAttnError("sliding-window attention (use_sliding_window=true) has no GatedLM counterpart")
