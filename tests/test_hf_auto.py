@@ -60,9 +60,13 @@ def test_the_cache_is_a_transformers_cache_and_cached_steps_equal_the_full_forwa
         torch.testing.assert_close(step.logits, model(x).logits[:, 6:], rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("position", ["none", "g1"])
-def test_hf_greedy_and_seeded_sampling_equal_gatedlm_generate(position):
-    model = tiny_model(**{"attention.gate.position": position, "initializer_range": 0.2})
+DYNAMIC_NTK = {"rope.scaling": {"rope_type": "dynamic", "factor": 4.0, "original_max_position_embeddings": 4}}
+
+
+@pytest.mark.parametrize("overrides", [{}, {"attention.gate.position": "g1"}, DYNAMIC_NTK],
+                         ids=["ungated", "g1", "dynamic-ntk"])  # dynamic NTK: one RoPE length per sequence
+def test_hf_greedy_and_seeded_sampling_equal_gatedlm_generate(overrides):
+    model = tiny_model(**overrides, initializer_range=0.2)
     hf = GatedAttnForCausalLM.from_gatedlm(model)
     x = torch.randint(0, 257, (2, 5))
     ours = model.generate(x, max_new_tokens=12)
