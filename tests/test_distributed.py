@@ -5,6 +5,7 @@ another world size, and a rank killed mid-run.
 Tolerance: the ranks' results differ from one process's only in the order of fp32 sums (each rank's mean
 over half the batch, then the mean of the two), so losses and gradients must agree to 1e-5 relative."""
 
+import json
 import os
 import shutil
 import signal
@@ -215,6 +216,33 @@ def test_a_damaged_shard_is_reported_and_the_previous_checkpoint_resumed(fsdp_ru
     assert r.resumed_from == 12 and r.steps == 16
     assert f"{newest.name} is unreadable (sharded/{shard.name} does not match" in caplog.text
     assert _max_diff(_losses(run, after=12), _losses(fsdp_run, after=12)) < 1e-4
+
+
+@pytest.mark.usefixtures("shared_cache")
+def test_a_single_process_checkpoint_resumes_under_fsdp(single, corpus, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(single, run)
+    for ckpt in checkpoint_dirs(run)[:2]:
+        shutil.rmtree(ckpt)
+    (run / "result.json").unlink()
+    r = train(load_config("tiny", {**SETTINGS, "data.source": str(corpus), "train.parallel": "fsdp"}), run,
+              progress=False)
+    assert r.resumed_from == 8 and r.steps == 16
+    assert _max_diff(_losses(run, after=8), _losses(single, after=8)) < 1e-4
+
+
+def test_info_reports_training_memory_per_rank(capsys):
+    from gatedattn.cli.main import main
+    from gatedattn.modeling.stats import model_stats
+
+    cfg = load_config("paper-dense-1.7b-28l")
+    assert main(["info", "paper-dense-1.7b-28l", "--ranks", "8", "--json"]) == 0
+    memory = json.loads(capsys.readouterr().out)["training_memory"]
+    total = model_stats(cfg.model)["total_params"]
+    assert memory["whole_state_bytes"] == 16 * total and memory["fsdp_state_bytes_per_rank"] == 2 * total
+    assert memory["largest_unit_params"] == cfg.model.vocab_size * cfg.model.d_model + cfg.model.d_model
+    assert main(["info", "tiny", "--ranks", "0"]) == 2
+    assert "--ranks must be a positive integer, got 0" in capsys.readouterr().err
 
 
 def _rank_pid(launcher: int, rank: int) -> int | None:

@@ -27,6 +27,7 @@ from ..config import TrainConfig
 from ..errors import GatedAttnError
 from ..modeling.ffn import MoE
 from ..modeling.model import GatedLM
+from .optim import build_optimizer
 
 
 def launched_rank() -> int:
@@ -156,6 +157,22 @@ def parallelize(model: GatedLM, tc: TrainConfig, parallel: Parallel) -> nn.Modul
         fully_shard(layer, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
     return model
+
+
+def named_optimizer_state(model: GatedLM, tc: TrainConfig, saved: dict) -> dict:
+    """A single-process checkpoint's optimizer state (keyed by parameter order) keyed by parameter name, whole,
+    so that ``load_named_optimizer_state`` can shard it; ``model`` is the plain (not yet sharded) model."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    optimizer, _ = build_optimizer(model, tc)
+    optimizer.load_state_dict(saved)
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))
+
+
+def load_named_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
 def clip_grad_norm(params: list[torch.Tensor], max_norm: float, parallel: Parallel) -> float:

@@ -36,7 +36,8 @@ from ..evaluation.perplexity import EvalResult, autocast, evaluate_perplexity
 from ..fileio import atomic_write_text, read_json_object
 from ..modeling.model import GatedLM
 from .callbacks import Callback
-from .distributed import clip_grad_norm, parallelize, setup_parallel
+from .distributed import (clip_grad_norm, load_named_optimizer_state, named_optimizer_state, parallelize,
+                          setup_parallel)
 from .metrics import MetricsLog, SpikeDetector, environment_info, log, plot_loss_curves, read_metrics
 from .optim import build_optimizer
 from .state import TrainState, rng_state, set_rng_state
@@ -424,6 +425,9 @@ class Trainer:
             from safetensors.torch import load_model as load_weights
 
             load_weights(self.model, str(resume.path / "model.safetensors"))
+        # A single-process checkpoint's optimizer state, renamed by parameter while the model is whole.
+        named_optim = (named_optimizer_state(self.model, tc, resume.state.pop("optimizer"))
+                       if resume is not None and not sharded and tc.parallel == "fsdp" else None)
         self.model.to(self.device).train()
         self.wrapped = parallelize(self.model, tc, par)
         # The learning-rate schedule is planned once, for the run's first max_steps: a resumed run that
@@ -443,9 +447,8 @@ class Trainer:
         if resume is not None:
             if sharded:
                 load_sharded_state(resume.path, self.model, self.optimizer)
-            elif tc.parallel == "fsdp":
-                raise GatedAttnError(f"{resume.path} is a single-process checkpoint: resume it with "
-                                     "train.parallel=none or ddp (fsdp reads the sharded ones of ddp/fsdp runs)")
+            elif named_optim is not None:
+                load_named_optimizer_state(self.model, self.optimizer, named_optim)
             self.load_state_dict(resume.state)
             self.resumed_from, self.checkpoint = checkpoint_step(resume.path), resume.path
             log.info("resuming %s from step %d (%s)", self.out_dir, self.state.step, resume.path.name)
