@@ -177,7 +177,9 @@ def load_named_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimize
 
 def clip_grad_norm(params: list[torch.Tensor], max_norm: float, parallel: Parallel) -> float:
     """Clip the gradients to a global norm of ``max_norm`` (inf: none) and return the norm before clipping.
-    Under FSDP each rank holds a shard of each gradient; the norm is taken over the whole of them."""
+    Under FSDP each rank holds a shard of each gradient; the norm is taken over the whole of them. (It need
+    not match one process's to the last digits: fp32 norms of large CPU tensors are off by up to ~1e-4
+    relative, and the shards' are not the whole's; docs/distributed.md.)"""
     if not parallel.active:
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     grads = [p.grad for p in params if p.grad is not None]
