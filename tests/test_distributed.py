@@ -22,11 +22,11 @@ import torch.multiprocessing as mp
 from conftest import write_plays
 
 import gatedattn
-from gatedattn import GatedLM, load_config, load_model
+from gatedattn import ConfigError, GatedAttnError, GatedLM, load_config, load_model
 from gatedattn.artifacts import checkpoint_dirs
 from gatedattn.config import TrainConfig
 from gatedattn.training import read_metrics, train
-from gatedattn.training.distributed import Parallel, clip_grad_norm, parallelize
+from gatedattn.training.distributed import Parallel, clip_grad_norm, parallelize, setup_parallel
 
 SRC = Path(gatedattn.__file__).resolve().parents[1]  # this checkout's source, for the child processes
 MOE = {"moe.num_experts": 4, "moe.top_k": 2, "moe.expert_ffn_dim": 32, "moe.load_balance_coef": 0.1}
@@ -73,6 +73,10 @@ def _grad_worker(rank: int, world: int, port: int, out: str) -> None:
             model = _model(overrides)
             forward = parallelize(model, TrainConfig(parallel=mode, activation_checkpointing=ac), parallel)
             results[name] = _step(forward, model, parallel.shard(_batch()), parallel)
+        try:
+            setup_parallel(TrainConfig(parallel="ddp", batch_size=3), torch.device("cpu"))
+        except GatedAttnError as e:
+            results["odd batch"] = str(e)
         if rank == 0:
             torch.save(results, out)
     finally:
@@ -83,6 +87,8 @@ def test_ddp_and_fsdp_losses_and_gradients_equal_one_process(tmp_path):
     out = tmp_path / "ranks.pt"
     mp.spawn(_grad_worker, args=(2, _free_port(), str(out)), nprocs=2)
     ranks = torch.load(out)
+    assert ranks.pop("odd batch") == ("train.batch_size=3 (the global micro-batch) must be a multiple of the 2 "
+                                      "ranks; e.g. train.batch_size=2")
     one = Parallel("none", torch.device("cpu"))
     for name, (overrides, _, _) in CASES.items():
         model = _model(overrides)
@@ -93,6 +99,15 @@ def test_ddp_and_fsdp_losses_and_gradients_equal_one_process(tmp_path):
         assert got["grads"].keys() == ref["grads"].keys()
         for param, grad in ref["grads"].items():
             torch.testing.assert_close(got["grads"][param], grad, rtol=1e-5, atol=1e-7, msg=f"{name} {param}")
+
+
+def test_settings_that_cannot_work_are_one_line_errors(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="train.fsdp_param_dtype=bfloat16 needs train.parallel=fsdp"):
+        load_config("tiny", {"train.fsdp_param_dtype": "bfloat16"})
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it
+    with pytest.raises(GatedAttnError, match="torchrun started 2 processes but train.parallel=none"):
+        train(load_config("tiny"), tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 def test_the_moe_balance_loss_is_the_global_batchs():

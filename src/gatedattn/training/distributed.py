@@ -100,6 +100,9 @@ def setup_parallel(tc: TrainConfig, device: torch.device) -> Parallel:
     rank). Launched by torchrun, the group comes from its environment (``env://``); run as a plain process,
     a one-rank group is made in memory, so ``parallel=fsdp`` also works (and resumes) on one process."""
     if tc.parallel == "none":
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each rank would train the whole run on its own
+            raise GatedAttnError(f"torchrun started {os.environ['WORLD_SIZE']} processes but train.parallel=none; "
+                                 "set train.parallel=ddp or fsdp (compare and sweep train in one process)")
         return Parallel("none", device)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

@@ -36,8 +36,8 @@ from ..evaluation.perplexity import EvalResult, autocast, evaluate_perplexity
 from ..fileio import atomic_write_text, read_json_object
 from ..modeling.model import GatedLM
 from .callbacks import Callback
-from .distributed import (clip_grad_norm, load_named_optimizer_state, named_optimizer_state, parallelize,
-                          setup_parallel)
+from .distributed import (Parallel, clip_grad_norm, load_named_optimizer_state, named_optimizer_state,
+                          parallelize, setup_parallel)
 from .metrics import MetricsLog, SpikeDetector, environment_info, log, plot_loss_curves, read_metrics
 from .optim import build_optimizer
 from .state import TrainState, rng_state, set_rng_state
@@ -183,6 +183,7 @@ class Trainer:
 
             self.callbacks.insert(0, SinkProbeCallback(config.train.probe_every))
         self.metrics: MetricsLog | None = None
+        self.parallel = Parallel("none", torch.device("cpu"))  # train() sets up the run's
         self.state = TrainState()
         self.history: list[dict] = []
         self.resumed_from: int | None = None
