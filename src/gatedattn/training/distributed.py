@@ -153,7 +153,7 @@ def parallelize(model: GatedLM, tc: TrainConfig, parallel: Parallel) -> nn.Modul
         return DistributedDataParallel(model, device_ids=ids)
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    # GatedLMOutput's logits are a view; nothing writes into them in place, which is what the warning is about.
+    # The model's output holds views; the warning is about writing into them in place, which nothing does.
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     policy = MixedPrecisionPolicy(param_dtype=getattr(torch, tc.fsdp_param_dtype), reduce_dtype=torch.float32)
     for layer in model.layers:
