@@ -266,6 +266,11 @@ class TrainConfig:
     max_nonfinite: int = 5  # stop after this many non-finite losses/gradients in a row (each is skipped)
     probe_every: int = 0  # sink probes on the first validation sequences every N steps, to metrics.jsonl; 0 = off
     device: Device = "auto"  # auto = CUDA when available, else CPU
+    # Data parallelism over the processes torchrun starts (docs/distributed.md); batch_size stays the global
+    # micro-batch, split over the ranks.
+    parallel: Literal["none", "ddp", "fsdp"] = "none"
+    fsdp_param_dtype: Literal["float32", "bfloat16"] = "float32"  # fsdp mixed precision: gathered weights' dtype
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
 
     def validate(self) -> None:
         positive = ("max_steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints", "spike_window",
@@ -285,6 +290,9 @@ class TrainConfig:
             raise ConfigError("train.beta1 and train.beta2 must be in [0, 1)")
         if self.spike_factor <= 1:
             raise ConfigError(f"train.spike_factor must be > 1, got {self.spike_factor}")
+        if self.fsdp_param_dtype != "float32" and self.parallel != "fsdp":
+            raise ConfigError(f"train.fsdp_param_dtype={self.fsdp_param_dtype} needs train.parallel=fsdp "
+                              f"(got {self.parallel}); use train.dtype=bfloat16 for autocast otherwise")
 
 
 @dataclass
