@@ -175,9 +175,9 @@ def test_indexer_kl_is_the_kl_over_the_allowed_keys():
     attn.hook_k.register_forward_hook(lambda m, i, o: seen.setdefault("k", o))
     attn(x, cos, sin)
     causal = torch.ones(9, 9, dtype=torch.bool).tril()[None]
-    p = main_attention_distribution(seen["q"].transpose(1, 2), seen["k"], attn.scale, causal)[0]
+    p = main_attention_distribution(seen["q"].transpose(1, 2), seen["k"], attn.scale, causal)[0].detach()
     keys = attn.indexer.keys(x, cos, sin)
-    scores = attn.indexer.scores(x, keys, cos, sin, causal[0])[0]
+    scores = attn.indexer.scores(x, keys, cos, sin, causal[0])[0].detach()
     expected = 0.0
     for t in range(9):
         q = torch.softmax(scores[t, :t + 1], 0)
@@ -212,3 +212,34 @@ def test_sparse_training_step_lowers_the_indexer_kl():
         kl.backward()
         opt.step()
     assert kl.item() < 0.7 * first
+
+
+def test_analysis_of_a_dsa_model_matches_its_eager_probabilities():
+    """First-token share and entropy over the selected keys, against the probabilities the eager mask path
+    actually used (hook_attn_probs); the selection statistics against plain loops."""
+    from gatedattn.analysis import analyze_model
+
+    model = dsa_model(top_k=5, **{"model.attention.implementation": "eager"})
+    x = ids(T=17)
+    probs, sel = {}, {}
+    for i, layer in enumerate(model.layers):
+        layer.attn.hook_attn_probs.register_forward_hook(lambda m, a, o, i=i: probs.setdefault(i, o))
+        layer.attn.hook_selection.register_forward_hook(lambda m, a, o, i=i: sel.setdefault(i, o))
+    model(x)
+    result = analyze_model(model, x, progress=False)
+    for i in range(len(model.layers)):
+        p = probs[i][:, :, 1:]  # queries after the sink (position 0)
+        torch.testing.assert_close(torch.tensor(result["first_token_share_per_head"][i]),
+                                   p[..., 0].mean((0, 2)).float(), rtol=0, atol=1e-6)
+        entropy = -(p * p.clamp_min(1e-300).log()).sum(-1).mean((0, 2))
+        torch.testing.assert_close(torch.tensor(result["entropy_per_head"][i]), entropy.float(), rtol=0, atol=1e-5)
+        s, T = sel[i], x.shape[1]
+        picked = [[{int(j) for j in s[b, t] if j <= t} for t in range(T)] for b in range(2)]
+        with_sink = sum(0 in picked[b][t] for b in range(2) for t in range(1, T))
+        slots = sum(len(picked[b][t]) for b in range(2) for t in range(1, T))
+        assert result["sink_slot_share"][i] == pytest.approx(with_sink / slots)
+        assert result["sink_selection_rate"][i] == pytest.approx(with_sink / (2 * (T - 1)))
+        freq = result["selection_frequency"][i]
+        for pos in (0, 3, T - 1):
+            could = [(b, t) for b in range(2) for t in range(max(pos, 1), T)]
+            assert freq[pos] == pytest.approx(sum(pos in picked[b][t] for b, t in could) / len(could))

@@ -143,16 +143,20 @@ class Attention(nn.Module):
         if cache is not None:
             keys_BSE = cache.update_index_keys(self.layer_idx, keys_BSE)
         causal_TS = causal_mask(T, S, x_BTC.device)
-        scores_BTS = self.indexer.scores(x_idx, keys_BSE, cos, sin, causal_TS)
-        dense = self.sparse.mode == "dense"
-        idx_BTJ, valid_BTJ = self.indexer.select(scores_BTS)
+        dense, gather = self.sparse.mode == "dense", self.sparse.implementation == "gather"
+        if gather and not dense and not self.training:  # inference: never hold T x S indexer scores
+            idx_BTJ, valid_BTJ = self.indexer.select_chunked(x_idx, keys_BSE, cos, sin, causal_TS,
+                                                             self.sparse.query_chunk)
+        else:
+            scores_BTS = self.indexer.scores(x_idx, keys_BSE, cos, sin, causal_TS)
+            idx_BTJ, valid_BTJ = self.indexer.select(scores_BTS)
         self.hook_selection(idx_BTJ)
-        allowed_BTS = None if dense else selection_mask(idx_BTJ, valid_BTJ, S)
+        allowed_BTS = None if dense or gather else selection_mask(idx_BTJ, valid_BTJ, S)
         if self.training:
-            kl_allowed = causal_TS.expand(x_BTC.shape[0], T, S) if dense else allowed_BTS
+            kl_allowed = causal_TS.expand(x_BTC.shape[0], T, S) if dense else selection_mask(idx_BTJ, valid_BTJ, S)
             target = main_attention_distribution(q_BHTD.detach(), k_BSKD.detach(), self.scale, kl_allowed)
             self.aux = {"indexer_kl": indexer_kl(target, scores_BTS, kl_allowed)}
-        if not dense and self.sparse.implementation == "gather":
+        if gather and not dense:
             return gather_attention(q_BHTD, k_BSKD, v_BSKD, idx_BTJ, valid_BTJ, self.scale, self.sink_logits(),
                                     self.sparse.query_chunk)
         attend = self._sdpa if self.implementation == "sdpa" else self._eager

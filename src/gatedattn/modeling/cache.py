@@ -50,3 +50,7 @@ class KVCache:
         """Append a DSA layer's indexer keys (B, T, indexer_dim), after ``update`` of the same layer and step;
         return the whole history."""
         return self._append(self._index_k, layer, self._len[layer] - k.shape[1], k)
+
+    def truncate(self, length: int) -> None:
+        """Forget every position from ``length`` on (the storage stays allocated for the next appends)."""
+        self._len = [min(n, length) for n in self._len]

@@ -63,6 +63,14 @@ class LightningIndexer(nn.Module):
         top, idx = scores_BTS.sort(dim=-1, descending=True, stable=True)
         return idx[..., :J], top[..., :J] > float("-inf")
 
+    def select_chunked(self, x_BTC, keys_BSE, cos, sin, causal_TS, chunk: int):
+        """``select(scores(...))`` a chunk of queries at a time: the (chunk, S) scores are the largest
+        intermediate, so a long prefill never holds T x S of them."""
+        parts = [self.select(self.scores(x_BTC[:, t0:t0 + chunk], keys_BSE, cos[t0:t0 + chunk], sin[t0:t0 + chunk],
+                                         causal_TS[t0:t0 + chunk]))
+                 for t0 in range(0, x_BTC.shape[1], chunk)]
+        return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+
 
 def selection_mask(idx_BTJ: torch.Tensor, valid_BTJ: torch.Tensor, num_keys: int) -> torch.Tensor:
     """The selection as a boolean (B, T, S) mask: True at every selected real past position."""
@@ -79,22 +87,24 @@ def gather_attention(q_BHTD: torch.Tensor, k_BSKD: torch.Tensor, v_BSKD: torch.T
     B, H, T, D = q_BHTD.shape
     K = k_BSKD.shape[2]
     G = H // K
-    rows = torch.arange(B, device=q_BHTD.device)[:, None, None]
+    k_BKSD, v_BKSD = k_BSKD.transpose(1, 2), v_BSKD.transpose(1, 2)
+    rows, heads = torch.arange(B, device=q_BHTD.device)[:, None, None, None], torch.arange(K, device=q_BHTD.device)
     out = []
     for t0 in range(0, T, query_chunk):
         t1 = min(T, t0 + query_chunk)
-        idx, valid = idx_BTJ[:, t0:t1], valid_BTJ[:, t0:t1]
-        k_sel, v_sel = k_BSKD[rows, idx], v_BSKD[rows, idx]  # (B, C, J, K, D)
-        q = q_BHTD[:, :, t0:t1].view(B, K, G, t1 - t0, D)
-        scores = torch.einsum("bkgcd,bcjkd->bkgcj", q, k_sel) * scale
-        scores = scores.masked_fill(~valid[:, None, None], float("-inf"))
+        C, idx, valid = t1 - t0, idx_BTJ[:, None, t0:t1], valid_BTJ[:, None, t0:t1, None]
+        at = (rows, heads[None, :, None, None], idx)
+        k_sel, v_sel = k_BKSD[at], v_BKSD[at]  # (B, K, C, J, D): each query's own keys, per KV head
+        q = q_BHTD[:, :, t0:t1].reshape(B, K, G, C, D).transpose(2, 3)  # (B, K, C, G, D)
+        scores = (q @ k_sel.transpose(-1, -2)) * scale  # (B, K, C, G, J)
+        scores = scores.masked_fill(~valid, float("-inf"))
         if sink_logits is not None:  # the virtual sink slot: a zero value whose score is the sink logit
-            sink = sink_logits.to(scores.dtype).view(1, K, G, 1, 1).expand(*scores.shape[:-1], 1)
+            sink = sink_logits.to(scores.dtype).view(1, K, 1, G, 1).expand(*scores.shape[:-1], 1)
             scores = torch.cat([scores, sink], -1)
         probs = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), -1).to(q.dtype)
         if sink_logits is not None:
             probs = probs[..., :-1]
-        out.append(torch.einsum("bkgcj,bcjkd->bkgcd", probs, v_sel).reshape(B, H, t1 - t0, D))
+        out.append((probs @ v_sel).transpose(2, 3).reshape(B, H, C, D))
     return torch.cat(out, 2)
 
 
