@@ -78,6 +78,12 @@ def naive_dsa_layer(attn, x, cos, sin):
         return torch.cat([r * c + rot * s, p], -1)
 
     q, k = rope(q), rope(k)
+    # the indexer rotates all its channels, with evenly spaced frequencies of the model's table
+    half = cos.shape[-1] // 2
+    picks = [round(i * (half - 1) / (idx.dim // 2 - 1)) for i in range(idx.dim // 2)] if idx.dim < 2 * half \
+        else list(range(half))
+    cols = picks + [half + c for c in picks]
+    cos, sin = cos[:, cols], sin[:, cols]
     iq = rope(idx.q_proj(x).view(B, T, idx.num_heads, idx.dim))
     ik = rope(idx.k_norm(idx.k_proj(x))[:, :, None])[:, :, 0]
     w = idx.weights_proj(x)
@@ -95,9 +101,9 @@ def naive_dsa_layer(attn, x, cos, sin):
     return attn.o_proj(out.reshape(B, T, H * D))
 
 
-@pytest.mark.parametrize("implementation", ["mask", "gather"])
-def test_attention_layer_equals_a_naive_loop(implementation):
-    model = dsa_model(top_k=4, implementation=implementation)
+@pytest.mark.parametrize("implementation, indexer_dim", [("mask", 16), ("gather", 16), ("gather", 8)])
+def test_attention_layer_equals_a_naive_loop(implementation, indexer_dim):
+    model = dsa_model(top_k=4, implementation=implementation, **{"model.attention.sparse.indexer_dim": indexer_dim})
     attn = model.layers[0].attn
     x = torch.randn(2, 11, model.config.d_model, dtype=torch.float64)
     cos, sin = model.rotary(torch.arange(11), torch.float64)
@@ -185,7 +191,7 @@ def test_indexer_kl_is_the_kl_over_the_allowed_keys():
     assert attn.aux["indexer_kl"].item() == pytest.approx(expected, rel=1e-6)
 
 
-@pytest.mark.parametrize("key, value", [("top_k", 0), ("indexer_heads", 0), ("indexer_dim", 4)])
+@pytest.mark.parametrize("key, value", [("top_k", 0), ("indexer_heads", 0), ("indexer_dim", 7)])
 def test_bad_configs_get_one_line(key, value):
     with pytest.raises(ConfigError, match=f"model.attention.sparse.{key}"):
         load_config("tiny", {"model.attention.sparse.type": "dsa", f"model.attention.sparse.{key}": value})

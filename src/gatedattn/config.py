@@ -120,7 +120,7 @@ class SparseAttentionConfig:
     type: Literal["dsa"]
     top_k: int = 64
     indexer_heads: int = 4
-    indexer_dim: int = 64  # >= the rotary dimension: the indexer rotates its first rotary_dim channels
+    indexer_dim: int = 64  # even: the indexer's queries and keys are rotated
     implementation: Literal["mask", "gather"] = "mask"
     mode: Literal["sparse", "dense"] = "sparse"
     query_chunk: int = 256  # gather path: queries per chunk, bounding the (chunk, top_k) working set
@@ -129,6 +129,8 @@ class SparseAttentionConfig:
         for key in ("top_k", "indexer_heads", "indexer_dim", "query_chunk"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.attention.sparse.{key} must be a positive integer, got {getattr(self, key)}")
+        if self.indexer_dim % 2:
+            raise ConfigError(f"model.attention.sparse.indexer_dim must be even (it is rotated), got {self.indexer_dim}")
 
 
 @dataclass
@@ -200,9 +202,6 @@ class ModelConfig:
             raise ConfigError(f"model.rope: head_dim x partial_rotary_factor = {rotary} must be even and >= 2")
         if self.rope.theta <= 0:
             raise ConfigError("model.rope.theta must be positive")
-        if a.sparse is not None and a.sparse.indexer_dim < rotary:
-            raise ConfigError(f"model.attention.sparse.indexer_dim ({a.sparse.indexer_dim}) must be >= the rotary "
-                              f"dimension head_dim x partial_rotary_factor = {rotary}")
         m = self.moe
         if m.num_experts < 0:
             raise ConfigError("model.moe.num_experts must be >= 0 (0 = dense FFN)")

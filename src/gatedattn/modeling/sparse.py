@@ -5,7 +5,9 @@ For query token t and past token s the indexer scores
     I(t, s) = sum_j w(t, j) * ReLU(q_j(t) . k(s))
 
 with ``indexer_heads`` small heads whose queries q_j and weights w come from t's hidden state and one
-shared key k(s) per token (LayerNorm-ed and rotated like the main keys, as in DeepSeek-V3.2). Each query
+shared key k(s) per token (LayerNorm-ed and rotated, as in DeepSeek-V3.2). The indexer's rotation takes
+its frequencies from the model's rotary table (RoPE scaling included), evenly subsampled when
+``indexer_dim`` is below the rotary dimension, so both fast and slow frequencies are kept. Each query
 then attends to its ``top_k`` best-scoring past tokens only, one selection for all its heads.
 
 Two attention paths compute the same function: a boolean mask over dense scores (``Attention`` passes it
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .rope import apply_rotary
+from .rope import apply_rotary, rotary_dim
 
 
 class LightningIndexer(nn.Module):
@@ -37,18 +39,24 @@ class LightningIndexer(nn.Module):
         self.weights_proj = nn.Linear(cfg.d_model, s.indexer_heads, bias=False)
         # DeepSeek-V3.2 scales the head weights by I^-1/2 and the dot products by E^-1/2.
         self.scale = (s.indexer_heads * s.indexer_dim) ** -0.5
+        half, rotated = rotary_dim(cfg) // 2, min(s.indexer_dim, rotary_dim(cfg)) // 2
+        cols = torch.linspace(0, half - 1, rotated).round().long()
+        self.register_buffer("rope_cols", torch.cat([cols, cols + half]), persistent=False)
+
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return apply_rotary(x, cos[:, self.rope_cols], sin[:, self.rope_cols])
 
     def keys(self, x_BTC: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """The shared indexer key of every token, (B, T, E)."""
         k = self.k_norm(self.k_proj(x_BTC))
-        return apply_rotary(k[:, :, None], cos, sin)[:, :, 0]
+        return self._rotate(k[:, :, None], cos, sin)[:, :, 0]
 
     def scores(self, x_BTC: torch.Tensor, keys_BSE: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                causal_TS: torch.Tensor) -> torch.Tensor:
         """I(t, s) for the T new queries against all S keys, (B, T, S) in float32; -inf where ``causal_TS``
         forbids s (t's future)."""
         B, T, _ = x_BTC.shape
-        q_BTIE = apply_rotary(self.q_proj(x_BTC).view(B, T, self.num_heads, self.dim), cos, sin)
+        q_BTIE = self._rotate(self.q_proj(x_BTC).view(B, T, self.num_heads, self.dim), cos, sin)
         w_BTI = self.weights_proj(x_BTC).float() * self.scale
         dots_BTIS = torch.einsum("btie,bse->btis", q_BTIE.float(), keys_BSE.float())
         scores_BTS = torch.einsum("btis,bti->bts", F.relu(dots_BTIS), w_BTI)
