@@ -277,7 +277,8 @@ def _assemble(info: dict, rec: _Recorder, ids: torch.Tensor, sink: str, sink_pos
                                  "above": sum(x["histogram"]["above"] for x in g)}
         out["gate_histogram_per_layer"] = [x["histogram"]["counts"] for x in g]
     if rec.selection:  # DSA layers (None for dense ones)
-        for key in ("sink_slot_share", "sink_selection_rate", "selection_entropy", "selection_frequency"):
+        for key in ("sink_slot_share", "sink_selection_rate", "selection_entropy", "selection_entropy_uniform",
+                    "selection_frequency"):
             out[key] = [rec.selection[i][key] if i in rec.selection else None for i in range(L)]
     out["attention_maps"] = {str(i): rec.maps[i].cpu().tolist() for i in sorted(rec.maps)}
     return out
