@@ -143,6 +143,7 @@ class AttentionConfig:
     gate: GateConfig = field(default_factory=GateConfig)
     # Peers that attack attention sinks; composable with the gate.
     # learned = a per-head sink logit (gpt-oss); off_by_one = a fixed zero logit.
+    o_bias: bool = False  # a bias on o_proj (the official code has one whenever its qkv_bias is on)
     sink: Literal["none", "learned", "off_by_one"] = "none"
     num_register_tokens: int = 0  # learnable tokens prepended to every sequence (StreamingLLM style)
     # The paper's non-linearity-only controls, applied to the SDPA output per head (position G1).
@@ -157,6 +158,7 @@ class MoEConfig:
     top_k: int = 2
     expert_ffn_dim: int = 64
     shared_expert_ffn_dim: int = 0
+    shared_expert_gate: bool = False  # scale the shared expert by sigmoid(x . w), one score per token (Qwen3-Next)
     norm_topk_prob: bool = True
     load_balance_coef: float = 0.001
     z_loss_coef: float = 0.001
@@ -172,6 +174,8 @@ class ModelConfig:
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
     sandwich_norm: bool = False
+    # RMSNorm weights stored zero-centred and applied as (1 + w), initialised to 0 (Qwen3-Next's norms).
+    norm_zero_centered: bool = False
     initializer_range: float = 0.02
     bos_token_id: int = 0
     eos_token_id: int = 0
@@ -205,6 +209,9 @@ class ModelConfig:
         m = self.moe
         if m.num_experts < 0:
             raise ConfigError("model.moe.num_experts must be >= 0 (0 = dense FFN)")
+        if m.shared_expert_gate and not (m.num_experts and m.shared_expert_ffn_dim > 0):
+            raise ConfigError("model.moe.shared_expert_gate gates the shared expert: it needs num_experts > 0 and "
+                              f"shared_expert_ffn_dim > 0, got {m.num_experts} and {m.shared_expert_ffn_dim}")
         if m.num_experts and not 1 <= m.top_k <= m.num_experts:
             raise ConfigError(f"model.moe.top_k must be in [1, num_experts={m.num_experts}], got {m.top_k}")
         if not 0 <= self.bos_token_id < self.vocab_size or not 0 <= self.eos_token_id < self.vocab_size:

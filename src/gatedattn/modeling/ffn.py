@@ -1,5 +1,8 @@
 """Feed-forward layers: SwiGLU, and a fine-grained top-k MoE with an optional shared expert.
 
+The shared expert (``moe.shared_expert_ffn_dim``) sees every token; with ``moe.shared_expert_gate`` its
+output is scaled by ``sigmoid(x . w)``, one learned score per token, as in Qwen3-Next.
+
 MoE auxiliary losses, as in the paper's MoE runs:
 - load balance: ``E * sum_i f_i * P_i`` where f_i is the share of routing slots that chose expert i and
   P_i the mean router probability, both taken over every token of the forward pass (the global batch,
@@ -38,6 +41,7 @@ class MoE(nn.Module):
         self.w_up = nn.Parameter(torch.empty(m.num_experts, cfg.d_model, m.expert_ffn_dim))
         self.w_down = nn.Parameter(torch.empty(m.num_experts, m.expert_ffn_dim, cfg.d_model))
         self.shared_expert = SwiGLU(cfg.d_model, m.shared_expert_ffn_dim) if m.shared_expert_ffn_dim else None
+        self.shared_expert_gate = nn.Linear(cfg.d_model, 1, bias=False) if m.shared_expert_gate else None
         self.aux: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,7 +69,10 @@ class MoE(nn.Module):
             out.index_add_(0, idx, y * slot_weight[start:start + n, None].to(y.dtype))
             start += n
         if self.shared_expert is not None:
-            out = out + self.shared_expert(x)
+            shared = self.shared_expert(x)
+            if self.shared_expert_gate is not None:
+                shared = torch.sigmoid(self.shared_expert_gate(x)) * shared
+            out = out + shared
         share = counts.float() / flat_experts.numel()
         self.aux = {
             "load_balance_loss": self.num_experts * (share * probs.mean(0)).sum(),

@@ -11,7 +11,8 @@ Parameter names, per layer i (ours <-> HF ``model.layers.{i}.``): attn_norm <-> 
 attn.{q,k,v,o}_proj <-> self_attn.{q,k,v,o}_proj, attn.{q,k}_norm <-> self_attn.{q,k}_norm,
 ffn_norm <-> post_attention_layernorm, ffn.{gate,up,down}_proj <-> mlp.{gate,up,down}_proj; and
 embed <-> model.embed_tokens, norm <-> model.norm, lm_head <-> lm_head. Both sides use the half-split
-(rotate-half) RoPE layout, so no permutation is needed.
+(rotate-half) RoPE layout, so no permutation is needed. Zero-centred norms (``model.norm_zero_centered``)
+are written as ``1 + w``. Qwen3-Next (gated) is in hf_qwen3_next.py.
 
 RoPE: ``model.rope`` maps to HF ``rope_parameters`` (``rope_theta``, ``rope_type`` and the scaling keys:
 ``RopeScalingConfig.to_hf_dict`` / ``from_hf_dict``, here only).
@@ -28,6 +29,7 @@ from ..errors import GatedAttnError
 from .model import GatedLM
 
 HF_FAMILIES = ("llama", "qwen2", "qwen3")
+EXPORT_TARGETS = ("qwen3-next", "qwen3", "qwen2", "llama")  # `gatedattn export --to`
 
 _LAYER_NAMES = {  # ours -> HF, inside one decoder layer
     "attn_norm.weight": "input_layernorm.weight",
@@ -38,6 +40,7 @@ _LAYER_NAMES = {  # ours -> HF, inside one decoder layer
     "attn.q_proj.bias": "self_attn.q_proj.bias",
     "attn.k_proj.bias": "self_attn.k_proj.bias",
     "attn.v_proj.bias": "self_attn.v_proj.bias",
+    "attn.o_proj.bias": "self_attn.o_proj.bias",  # the official gated_attention layout's (qkv_bias)
     "attn.q_norm.weight": "self_attn.q_norm.weight",
     "attn.k_norm.weight": "self_attn.k_norm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
@@ -67,6 +70,7 @@ def hf_family(cfg: ModelConfig) -> str:
         ("attention.gate.position", a.gate.position, "none"), ("attention.sink", a.sink, "none"),
         ("attention.num_register_tokens", a.num_register_tokens, 0),
         ("attention.output_nonlinearity", a.output_nonlinearity, "none"),
+        ("attention.o_bias", a.o_bias, False),
         ("sandwich_norm", cfg.sandwich_norm, False), ("moe.num_experts", cfg.moe.num_experts, 0),
         ("rope.partial_rotary_factor", cfg.rope.partial_rotary_factor, 1.0)) if value != plain]
     if a.qk_norm and a.qkv_bias:
@@ -156,9 +160,11 @@ def to_hf_config(cfg: ModelConfig, **overrides):
 
 
 def to_hf_state_dict(model: GatedLM) -> dict[str, torch.Tensor]:
-    """Our weights under HF names (tensors shared, not copied)."""
+    """Our weights under HF names (tensors shared, not copied; zero-centred norm weights become ``1 + w``)."""
     hf_family(model.config)
-    return {hf_name(name): value for name, value in model.state_dict().items()}
+    zero_centered = model.config.norm_zero_centered
+    return {hf_name(name): value + 1 if zero_centered and name.endswith("norm.weight") else value
+            for name, value in model.state_dict().items()}
 
 
 @torch.no_grad()
@@ -186,7 +192,8 @@ def from_hf_config(hf_config) -> ModelConfig:
     if getattr(hf_config, "hidden_act", "silu") != "silu" or getattr(hf_config, "mlp_bias", False):
         raise GatedAttnError("only SwiGLU MLPs without bias (hidden_act=silu, mlp_bias=false) convert to a GatedLM")
     if family != "qwen2" and getattr(hf_config, "attention_bias", False):
-        raise GatedAttnError(f"{family} with attention_bias=true has an o_proj bias, which a GatedLM lacks")
+        raise GatedAttnError(f"{family} with attention_bias=true (q/k/v biases and an o_proj bias) is not converted; "
+                             "allowed: attention_bias=false, or qwen2 (q/k/v biases only)")
     if getattr(hf_config, "use_sliding_window", False):
         raise GatedAttnError("sliding-window attention (use_sliding_window=true) has no GatedLM counterpart")
     heads = hf_config.num_attention_heads

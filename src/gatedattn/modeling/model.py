@@ -33,6 +33,8 @@ from .ops import linear_cross_entropy
 from .rope import RotaryEmbedding
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+MODEL_CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig))
+HF_PREFIX = "model."  # our names inside gatedattn.hf.GatedAttnForCausalLM
 
 
 @dataclass
@@ -50,13 +52,13 @@ class GatedLMOutput:
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
-        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_zero_centered)
         self.attn = Attention(cfg, layer_idx)
-        self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_zero_centered)
         self.ffn = build_ffn(cfg)
         if cfg.sandwich_norm:  # norm the sub-layer output too, before the residual add
-            self.attn_post_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-            self.ffn_post_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+            self.attn_post_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_zero_centered)
+            self.ffn_post_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_zero_centered)
         self.sandwich = cfg.sandwich_norm
         self.hook_resid_mid, self.hook_resid_post = HookPoint(), HookPoint()
 
@@ -78,7 +80,7 @@ class GatedLM(nn.Module):
         n_reg = cfg.attention.num_register_tokens
         self.register_tokens = nn.Parameter(torch.zeros(n_reg, cfg.d_model)) if n_reg else None
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_zero_centered)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
@@ -95,7 +97,7 @@ class GatedLM(nn.Module):
                 if getattr(m, "bias", None) is not None:
                     m.bias.zero_()
             elif isinstance(m, RMSNorm):
-                m.weight.fill_(1.0)
+                m.reset_parameters()
             elif isinstance(m, MoE):
                 for w in (m.w_gate, m.w_up, m.w_down):
                     w.normal_(0.0, std)
@@ -172,11 +174,13 @@ class GatedLM(nn.Module):
         ``repetition_penalty``: HF's (CTRL) rule on every token of the row so far. A row stops at any of
         ``eos_token_id`` (an id or a list) or once its new text contains one of ``stop_strings`` (decoded by
         ``tokenizer``, anything with ``decode(ids)``); later positions hold ``pad_token_id`` (default: the
-        first EOS id). Other HF arguments (beam search, ...) raise a one-line error naming them.
+        first EOS id). Other HF arguments (beam search, ...) raise a one-line error naming them; transformers'
+        own ``generate`` runs on ``gatedattn.hf.GatedAttnForCausalLM.from_gatedlm(model)``.
         """
         if unsupported:
             raise GatedAttnError(f"generate: unsupported argument(s) {', '.join(sorted(unsupported))}; supported: "
-                                 f"{', '.join(GENERATE_ARGS)}")
+                                 f"{', '.join(GENERATE_ARGS)} (transformers' generate, beam search included: "
+                                 "gatedattn.hf.GatedAttnForCausalLM.from_gatedlm(model).generate)")
         check_sampling(max_new_tokens, temperature, top_p, top_k)
         if not (math.isfinite(repetition_penalty) and repetition_penalty > 0):
             raise GatedAttnError(f"repetition_penalty must be a finite number > 0 (1 = none), got {repetition_penalty}")
@@ -261,10 +265,11 @@ class GatedLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "GatedLM":
-        """Load a model directory written by ``save_pretrained`` (a training run's newest checkpoint:
+        """Load a model directory written by ``save_pretrained`` or by transformers' ``save_pretrained`` of
+        ``gatedattn.hf.GatedAttnForCausalLM`` (a training run's newest checkpoint:
         ``gatedattn.load_model(run_dir)``)."""
         from safetensors import SafetensorError
-        from safetensors.torch import load_model
+        from safetensors.torch import load_file
 
         directory = Path(directory)
         if not (directory / CONFIG_NAME).is_file() or not (directory / WEIGHTS_NAME).is_file():
@@ -272,12 +277,22 @@ class GatedLM(nn.Module):
                                  "for a training run use gatedattn.load_model")
         data = read_json_object(directory / CONFIG_NAME, "model config")
         data.pop("model_type", None)
+        if "transformers_version" in data:  # written by transformers: its bookkeeping keys sit beside ours
+            data = {k: v for k, v in data.items() if k in MODEL_CONFIG_KEYS}
         model = cls(model_config_from_dict(data))
         try:
-            load_model(model, str(directory / WEIGHTS_NAME), device=str(map_location))
+            state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
         except (OSError, SafetensorError, RuntimeError) as e:
             raise GatedAttnError(f"cannot load weights {directory / WEIGHTS_NAME}: "
                                  f"{str(e).splitlines()[0]}") from None
+        if state and all(k.startswith(HF_PREFIX) for k in state):  # transformers' wrapper holds us as `model`
+            state = {k[len(HF_PREFIX):]: v for k, v in state.items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        tied = {"embed.weight", "lm_head.weight"} if model.config.tie_embeddings else set()
+        missing = [m for m in missing if not (m in tied and tied & state.keys())]  # one name of a tied pair
+        if missing or unexpected:
+            raise GatedAttnError(f"cannot load weights {directory / WEIGHTS_NAME}: missing {missing[:3]}, "
+                                 f"unexpected {unexpected[:3]}")
         return model.eval()  # as transformers does: call .train() to fine-tune
 
 

@@ -47,10 +47,22 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6):
+    """``scale * x / rms(x)`` with ``scale`` = weight, or ``1 + weight`` when ``zero_centered`` (Qwen3-Next's
+    parametrisation: the stored weight starts at 0)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, zero_centered: bool = False):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.zero_centered = zero_centered
+        self.weight = nn.Parameter(torch.zeros(dim) if zero_centered else torch.ones(dim))
         self.eps = eps
 
+    @property
+    def scale(self) -> torch.Tensor:
+        return 1 + self.weight if self.zero_centered else self.weight
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        self.weight.fill_(0.0 if self.zero_centered else 1.0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
+        return rms_norm(x, self.scale, self.eps)

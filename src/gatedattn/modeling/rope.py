@@ -113,6 +113,9 @@ class RotaryEmbedding(nn.Module):
 
     def _frequencies(self, positions: torch.Tensor, seq_len: int | None) -> torch.Tensor:
         device = positions.device
+        if self.inv_freq.is_meta:  # built under a meta-device context (transformers' fast init)
+            with torch.device("cpu"):
+                self.inv_freq = inv_freq_and_scaling(self.cfg)[0]
         if not self.dynamic:
             if self.inv_freq.device != device:
                 self.inv_freq = self.inv_freq.to(device)

@@ -44,7 +44,7 @@ def project_qkv_gate(x: torch.Tensor, q_proj: nn.Module, k_proj: nn.Module, v_pr
     qk, v, logits = y.split(sizes, -1)  # split, not slices: its backward is one concatenation
     qk = qk.unflatten(-1, (H + Hk, D))
     if q_norm is not None:
-        norm_weight = torch.cat([q_norm.weight.expand(H, -1), k_norm.weight.expand(Hk, -1)])
+        norm_weight = torch.cat([q_norm.scale.expand(H, -1), k_norm.scale.expand(Hk, -1)])
         qk = rms_norm(qk, norm_weight, q_norm.eps)
     return qk, v.unflatten(-1, (Hk, D)), logits if sizes[2] else None
 

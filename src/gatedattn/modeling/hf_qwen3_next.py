@@ -1,0 +1,230 @@
+"""Configs and weights between GatedLM and HF transformers' Qwen3-Next, full-attention layers only.
+
+A Qwen3-Next full-attention layer is our G1 gate (elementwise, head-specific, multiplicative sigmoid, no
+bias, from the query token's X) with QK-norm; its norms are zero-centred (``(1 + w) * x / rms(x)``, ours
+with ``model.norm_zero_centered``, else converted as ``w - 1``); its MoE has a shared expert behind a
+sigmoid gate (``moe.shared_expert_gate``); RoPE may be partial (``rope.partial_rotary_factor``, 0.25 in the
+released models). Every layer is ``full_attention``: Gated DeltaNet (``linear_attention``) layers refuse.
+
+Weights, per layer i (ours <-> HF ``model.layers.{i}.``): attn_norm <-> input_layernorm, ffn_norm <->
+post_attention_layernorm, attn.q_proj (queries, then the gate's rows, ours) <-> self_attn.q_proj (per head
+``[q_h | gate_h]``, the ``qwen3_next`` row layout of layout.py), attn.{k,v,o}_proj, attn.{q,k}_norm <->
+self_attn.*; dense ffn.* <-> mlp.*; MoE: router <-> mlp.gate, w_gate/w_up (E, d, I) <-> mlp.experts.
+gate_up_proj (E, 2I, d), w_down (E, I, d) <-> mlp.experts.down_proj (E, d, I), shared_expert(_gate) <->
+mlp.shared_expert(_gate). HF's ``attention_bias`` puts biases on q, k, v and o alike: ours are
+``attention.qkv_bias`` and ``attention.o_bias``, and the one we lack is written as zeros.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import ModelConfig, model_config_from_dict
+from ..errors import GatedAttnError
+from .hf_convert import hf_rope_parameters, rope_from_hf
+from .layout import from_layout, to_layout
+from .model import GatedLM
+
+FULL_ATTENTION = "full_attention"
+_NORMS = ("attn_norm", "ffn_norm")
+_HF_NORMS = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+
+
+def qwen3_next_blockers(cfg: ModelConfig) -> list[str]:
+    """What in ``cfg`` a Qwen3-Next full-attention model cannot represent (empty: it exports exactly)."""
+    a, g, m = cfg.attention, cfg.attention.gate, cfg.moe
+    wanted = (("attention.gate.position", g.position, "g1"), ("attention.gate.granularity", g.granularity,
+              "elementwise"), ("attention.gate.shared_across_heads", g.shared_across_heads, False),
+              ("attention.gate.combine", g.combine, "multiply"), ("attention.gate.activation", g.activation,
+              "sigmoid"), ("attention.gate.input_dependent", g.input_dependent, True),
+              ("attention.gate.bias", g.bias, False), ("attention.qk_norm", a.qk_norm, True),
+              ("attention.sink", a.sink, "none"), ("attention.num_register_tokens", a.num_register_tokens, 0),
+              ("attention.output_nonlinearity", a.output_nonlinearity, "none"),
+              ("sandwich_norm", cfg.sandwich_norm, False))
+    blockers = [f"{key}={value!r}" for key, value, plain in wanted if value != plain]
+    if m.num_experts and not m.shared_expert_gate:
+        blockers.append("an MoE without moe.shared_expert_gate (Qwen3-Next's shared expert sits behind a sigmoid "
+                        "gate)")
+    return blockers
+
+
+def to_qwen3_next_config(cfg: ModelConfig, **overrides):
+    """The HF ``Qwen3NextConfig`` (all layers full attention) computing the same function as ``cfg``."""
+    from transformers import Qwen3NextConfig
+
+    blockers = qwen3_next_blockers(cfg)
+    if blockers:
+        raise GatedAttnError(f"Qwen3-Next cannot represent {', '.join(blockers)}; it has a G1 elementwise "
+                             "sigmoid gate with QK-norm and no sink peers")
+    a, m = cfg.attention, cfg.moe
+    rope, max_pos = hf_rope_parameters(cfg)
+    rope["partial_rotary_factor"] = cfg.rope.partial_rotary_factor  # Qwen3-Next's default is 0.25: always say
+    kwargs = dict(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.ffn_dim,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=a.num_heads, num_key_value_heads=a.num_kv_heads,
+        head_dim=a.head_dim, hidden_act="silu", max_position_embeddings=max_pos, rms_norm_eps=cfg.norm_eps,
+        initializer_range=cfg.initializer_range, tie_word_embeddings=cfg.tie_embeddings,
+        bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, rope_parameters=rope,
+        attention_bias=a.qkv_bias or a.o_bias, layer_types=[FULL_ATTENTION] * cfg.num_layers,
+        num_experts=m.num_experts, num_experts_per_tok=m.top_k, moe_intermediate_size=m.expert_ffn_dim,
+        shared_expert_intermediate_size=m.shared_expert_ffn_dim, norm_topk_prob=m.norm_topk_prob,
+        decoder_sparse_step=1, mlp_only_layers=[], router_aux_loss_coef=m.load_balance_coef)
+    kwargs.update(overrides)
+    return Qwen3NextConfig(**kwargs)
+
+
+@torch.no_grad()
+def to_qwen3_next_state_dict(model: GatedLM) -> dict[str, torch.Tensor]:
+    """Our weights under Qwen3-Next's names and layouts (new tensors where a layout or norm changes)."""
+    cfg = model.config
+    a = cfg.attention
+    H, K, D = a.num_heads, a.num_kv_heads, a.head_dim
+    bias = a.qkv_bias or a.o_bias
+
+    def norm(w):  # HF applies (1 + w)
+        return w.clone() if cfg.norm_zero_centered else w - 1
+
+    out = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": norm(model.norm.weight)}
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = model.lm_head.weight
+    for i, layer in enumerate(model.layers):
+        p, attn = f"model.layers.{i}.", layer.attn
+        for ours in _NORMS:
+            out[f"{p}{_HF_NORMS[ours]}.weight"] = norm(getattr(layer, ours).weight)
+        gate_rows = attn.q_proj.weight[H * D:] if attn.fused_gate else attn.gate.proj.weight
+        q = torch.cat([attn.q_proj.weight[:H * D], gate_rows])
+        out[f"{p}self_attn.q_proj.weight"] = to_layout(q, "qwen3_next", H, K, D, D)
+        out[f"{p}self_attn.k_proj.weight"] = attn.k_proj.weight
+        out[f"{p}self_attn.v_proj.weight"] = attn.v_proj.weight
+        out[f"{p}self_attn.o_proj.weight"] = attn.o_proj.weight
+        if bias:
+            zeros = attn.o_proj.weight.new_zeros
+            qb = attn.q_proj.bias if a.qkv_bias else zeros(H * D)
+            qb = torch.cat([qb, zeros(2 * H * D - qb.shape[0])])  # an unfused gate has no bias rows
+            out[f"{p}self_attn.q_proj.bias"] = to_layout(qb, "qwen3_next", H, K, D, D)
+            for name, rows in (("k_proj", K * D), ("v_proj", K * D)):
+                out[f"{p}self_attn.{name}.bias"] = getattr(attn, name).bias if a.qkv_bias else zeros(rows)
+            out[f"{p}self_attn.o_proj.bias"] = attn.o_proj.bias if a.o_bias else zeros(cfg.d_model)
+        out[f"{p}self_attn.q_norm.weight"] = norm(attn.q_norm.weight)
+        out[f"{p}self_attn.k_norm.weight"] = norm(attn.k_norm.weight)
+        ffn = layer.ffn
+        if cfg.moe.num_experts:
+            out[f"{p}mlp.gate.weight"] = ffn.router.weight
+            out[f"{p}mlp.experts.gate_up_proj"] = torch.cat([ffn.w_gate, ffn.w_up], 2).transpose(1, 2).contiguous()
+            out[f"{p}mlp.experts.down_proj"] = ffn.w_down.transpose(1, 2).contiguous()
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                out[f"{p}mlp.shared_expert.{name}.weight"] = getattr(ffn.shared_expert, name).weight
+            out[f"{p}mlp.shared_expert_gate.weight"] = ffn.shared_expert_gate.weight
+        else:
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                out[f"{p}mlp.{name}.weight"] = getattr(ffn, name).weight
+    return out
+
+
+@torch.no_grad()
+def to_qwen3_next(model: GatedLM, **config_overrides):
+    """An HF ``Qwen3NextForCausalLM`` with our weights, in our dtype and on our device."""
+    from transformers import AutoModelForCausalLM
+
+    hf_config = to_qwen3_next_config(model.config, **config_overrides)
+    param = next(model.parameters())
+    hf = AutoModelForCausalLM.from_config(hf_config, dtype=param.dtype).to(param.device)
+    missing, unexpected = hf.load_state_dict(to_qwen3_next_state_dict(model), strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_embeddings)]
+    if missing or unexpected:
+        raise GatedAttnError(f"HF Qwen3-Next weights do not match: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return hf.eval()
+
+
+def from_qwen3_next_config(hf_config) -> ModelConfig:
+    """Our config for an HF Qwen3-Next config whose layers are all full attention."""
+    layer_types = list(hf_config.layer_types)
+    linear = [i for i, t in enumerate(layer_types) if t != FULL_ATTENTION]
+    if linear:
+        raise GatedAttnError(f"Qwen3-Next layers {linear} are {layer_types[linear[0]]} (Gated DeltaNet), which "
+                             "GatedLM lacks; only checkpoints with every layer full_attention import")
+    if getattr(hf_config, "hidden_act", "silu") != "silu":
+        raise GatedAttnError("only SwiGLU MLPs (hidden_act=silu) convert to a GatedLM")
+    experts = int(hf_config.num_experts or 0)
+    dense = [i for i in range(hf_config.num_hidden_layers)
+             if i in (hf_config.mlp_only_layers or []) or (i + 1) % hf_config.decoder_sparse_step]
+    if experts and dense:
+        raise GatedAttnError(f"Qwen3-Next layers {dense} are dense among MoE layers; a GatedLM is all MoE or all "
+                             "dense")
+    bias = bool(hf_config.attention_bias)
+
+    def token_id(value) -> int:
+        value = value[0] if isinstance(value, (list, tuple)) else value
+        return 0 if value is None else int(value)
+
+    moe = dict(num_experts=experts, top_k=hf_config.num_experts_per_tok, expert_ffn_dim=hf_config.moe_intermediate_size,
+               shared_expert_ffn_dim=hf_config.shared_expert_intermediate_size, shared_expert_gate=True,
+               norm_topk_prob=bool(hf_config.norm_topk_prob), load_balance_coef=float(hf_config.router_aux_loss_coef)
+               ) if experts else {}
+    rope = rope_from_hf(hf_config)
+    return model_config_from_dict(dict(
+        vocab_size=hf_config.vocab_size, d_model=hf_config.hidden_size, num_layers=hf_config.num_hidden_layers,
+        ffn_dim=hf_config.intermediate_size, max_position_embeddings=hf_config.max_position_embeddings,
+        norm_eps=float(hf_config.rms_norm_eps), tie_embeddings=bool(hf_config.tie_word_embeddings),
+        norm_zero_centered=True, initializer_range=float(getattr(hf_config, "initializer_range", 0.02)),
+        bos_token_id=token_id(hf_config.bos_token_id), eos_token_id=token_id(hf_config.eos_token_id),
+        attention=dict(num_heads=hf_config.num_attention_heads, num_kv_heads=hf_config.num_key_value_heads,
+                       head_dim=hf_config.head_dim, qk_norm=True, qkv_bias=bias, o_bias=bias,
+                       gate=dict(position="g1", granularity="elementwise")),
+        rope=dict(theta=rope.theta, partial_rotary_factor=rope.partial_rotary_factor,
+                  scaling=rope.scaling.to_hf_dict() if rope.scaling is not None else None),
+        moe=moe))
+
+
+@torch.no_grad()
+def from_qwen3_next(hf_model) -> GatedLM:
+    """A GatedLM with the weights of an HF ``Qwen3NextForCausalLM`` (all layers full attention)."""
+    cfg = from_qwen3_next_config(hf_model.config)
+    model = GatedLM(cfg)
+    param = next(hf_model.parameters())
+    model = model.to(device=param.device, dtype=param.dtype)
+    theirs = to_qwen3_next_state_dict(model)  # the names and shapes to fill
+    hf_state = hf_model.state_dict()
+    if cfg.tie_embeddings:
+        hf_state.pop("lm_head.weight", None)
+    missing = sorted(set(theirs) - set(hf_state))
+    if missing:
+        raise GatedAttnError(f"HF Qwen3-Next has no weight {missing[0]}")
+    a = cfg.attention
+    H, K, D = a.num_heads, a.num_kv_heads, a.head_dim
+    state = {}
+    for i in range(cfg.num_layers):
+        p, q = f"model.layers.{i}.", f"layers.{i}."
+        for ours in _NORMS:
+            state[f"{q}{ours}.weight"] = hf_state[f"{p}{_HF_NORMS[ours]}.weight"]
+        state[f"{q}attn.q_proj.weight"] = from_layout(hf_state[f"{p}self_attn.q_proj.weight"], "qwen3_next", H, K,
+                                                      D, D)
+        for name in ("k_proj", "v_proj", "o_proj"):
+            state[f"{q}attn.{name}.weight"] = hf_state[f"{p}self_attn.{name}.weight"]
+        if a.qkv_bias:
+            state[f"{q}attn.q_proj.bias"] = from_layout(hf_state[f"{p}self_attn.q_proj.bias"], "qwen3_next", H, K,
+                                                        D, D)
+            for name in ("k_proj", "v_proj", "o_proj"):
+                state[f"{q}attn.{name}.bias"] = hf_state[f"{p}self_attn.{name}.bias"]
+        for name in ("q_norm", "k_norm"):
+            state[f"{q}attn.{name}.weight"] = hf_state[f"{p}self_attn.{name}.weight"]
+        if cfg.moe.num_experts:
+            state[f"{q}ffn.router.weight"] = hf_state[f"{p}mlp.gate.weight"]
+            gate_up = hf_state[f"{p}mlp.experts.gate_up_proj"].transpose(1, 2)  # (E, d, 2I)
+            state[f"{q}ffn.w_gate"], state[f"{q}ffn.w_up"] = gate_up.chunk(2, dim=2)
+            state[f"{q}ffn.w_down"] = hf_state[f"{p}mlp.experts.down_proj"].transpose(1, 2)
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                state[f"{q}ffn.shared_expert.{name}.weight"] = hf_state[f"{p}mlp.shared_expert.{name}.weight"]
+            state[f"{q}ffn.shared_expert_gate.weight"] = hf_state[f"{p}mlp.shared_expert_gate.weight"]
+        else:
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                state[f"{q}ffn.{name}.weight"] = hf_state[f"{p}mlp.{name}.weight"]
+    state["embed.weight"] = hf_state["model.embed_tokens.weight"]
+    state["norm.weight"] = hf_state["model.norm.weight"]
+    state["lm_head.weight"] = state["embed.weight"] if cfg.tie_embeddings else hf_state["lm_head.weight"]
+    model.load_state_dict({k: v.contiguous() for k, v in state.items()})
+    return model.eval()
+
+
+__all__ = ["from_qwen3_next", "from_qwen3_next_config", "qwen3_next_blockers", "to_qwen3_next",
+           "to_qwen3_next_config", "to_qwen3_next_state_dict"]
