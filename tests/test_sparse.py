@@ -249,3 +249,13 @@ def test_analysis_of_a_dsa_model_matches_its_eager_probabilities():
         for pos in (0, 3, T - 1):
             could = [(b, t) for b in range(2) for t in range(max(pos, 1), T)]
             assert freq[pos] == pytest.approx(sum(pos in picked[b][t] for b, t in could) / len(could))
+
+
+@pytest.mark.parametrize("target", ["qwen3-next", "qwen3"])
+def test_export_refuses_a_dsa_model(tmp_path, capsys, target):
+    gate = {"model.attention.gate.position": "g1"} if target == "qwen3-next" else {}
+    model = dsa_model(**gate).float()
+    model.save_pretrained(tmp_path / "m")
+    assert main(["export", str(tmp_path / "m"), "--to", target, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "attention.sparse" in err[0]
