@@ -106,6 +106,34 @@ class RopeConfig:
 
 
 @dataclass
+class SparseAttentionConfig:
+    """``model.attention.sparse``: DeepSeek Sparse Attention (DeepSeek-V3.2). A lightning indexer scores every
+    past token for each query, I(t, s) = sum_j w(t, j) * ReLU(q_j(t) . k(s)), and the query attends only to its
+    ``top_k`` highest-scoring past tokens (all of them while fewer exist), one selection shared by its heads.
+
+    ``implementation``: ``mask`` runs dense attention with the selection as a mask (the reference);
+    ``gather`` gathers the selected keys and values, so attention costs O(T * top_k) instead of O(T^2).
+    ``mode``: ``sparse`` attends to the selection; ``dense`` attends to everything (the indexer still runs,
+    for its warm-up against the dense attention).
+    """
+
+    type: Literal["dsa"]
+    top_k: int = 64
+    indexer_heads: int = 4
+    indexer_dim: int = 64  # even: the indexer's queries and keys are rotated
+    implementation: Literal["mask", "gather"] = "mask"
+    mode: Literal["sparse", "dense"] = "sparse"
+    query_chunk: int = 256  # gather path: queries per chunk, bounding the (chunk, top_k) working set
+
+    def validate(self) -> None:
+        for key in ("top_k", "indexer_heads", "indexer_dim", "query_chunk"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"model.attention.sparse.{key} must be a positive integer, got {getattr(self, key)}")
+        if self.indexer_dim % 2:
+            raise ConfigError(f"model.attention.sparse.indexer_dim must be even (it is rotated), got {self.indexer_dim}")
+
+
+@dataclass
 class AttentionConfig:
     num_heads: int = 4
     num_kv_heads: int = 2
@@ -121,6 +149,7 @@ class AttentionConfig:
     # The paper's non-linearity-only controls, applied to the SDPA output per head (position G1).
     output_nonlinearity: Literal["none", "rmsnorm", "silu"] = "none"
     implementation: Literal["sdpa", "eager"] = "sdpa"  # sdpa = fused fast path; eager = explicit softmax
+    sparse: SparseAttentionConfig | None = None  # None = dense attention
 
 
 @dataclass

@@ -104,19 +104,23 @@ def pick_device(name: str, setting: str = "train.device") -> torch.device:
 
 def load_init_weights(model: GatedLM, source: GatedLM, init_from: str | Path) -> None:
     """Copy ``source``'s weights into ``model``; every parameter must exist with the same shape (settings
-    such as model.rope.* may differ: that is the long-context recipe)."""
+    such as model.rope.* may differ: that is the long-context recipe), except DSA indexers, which a dense
+    source lacks: they keep their fresh initialisation (DeepSeek's warm-up starts from a dense model)."""
     if source.config.tie_embeddings != model.config.tie_embeddings:
         raise GatedAttnError(f"--init-from {init_from}: model.tie_embeddings is {source.config.tie_embeddings} "
                              f"there but {model.config.tie_embeddings} here; the architecture must match")
     theirs, ours = source.state_dict(), model.state_dict()
-    for name in sorted(set(theirs) | set(ours)):
+    fresh = sorted(n for n in ours if n not in theirs and ".attn.indexer." in n)
+    for name in sorted((set(theirs) | set(ours)) - set(fresh)):
         a, b = theirs.get(name), ours.get(name)
         if a is None or b is None or a.shape != b.shape:
             there = "missing" if a is None else f"shape {tuple(a.shape)}"
             here = "missing" if b is None else f"shape {tuple(b.shape)}"
             raise GatedAttnError(f"--init-from {init_from}: parameter '{name}' is {there} there but {here} in "
                                  "this config; the architecture (gate, sizes, heads) must match")
-    model.load_state_dict(theirs)
+    if fresh:
+        log.info("--init-from %s: %d DSA indexer tensors are new (freshly initialised)", init_from, len(fresh))
+    model.load_state_dict(theirs, strict=not fresh)
 
 
 def _lock(out_dir: Path):
@@ -177,6 +181,8 @@ class Trainer:
                  callbacks: list[Callback] | tuple[Callback, ...] = ()):
         self.requested, self.out_dir = config, Path(out_dir)
         self.data, self.init_from, self.model, self.progress = data, init_from, model, progress
+        # DSA models also log their indexers' KL to the main attention.
+        self.loss_keys = LOSS_KEYS + (("indexer_kl",) if config.model.attention.sparse is not None else ())
         self.callbacks = list(callbacks)
         if config.train.probe_every > 0:
             from .probes import SinkProbeCallback
@@ -260,10 +266,10 @@ class Trainer:
             with autocast(self.device, tc.dtype):
                 out = self.forward(x, labels=x)
             (out.loss / tc.grad_accum).backward()
-            parts = parts + torch.stack([getattr(out, k).detach().float() for k in LOSS_KEYS]) / tc.grad_accum
+            parts = parts + torch.stack([getattr(out, k).detach().float() for k in self.loss_keys]) / tc.grad_accum
         # The global batch's losses (the mean over ranks: each rank's slice is the same size); every rank
         # then takes the same decisions (skip, spike) from the same numbers.
-        losses = dict(zip(LOSS_KEYS, self.parallel.mean(parts).tolist()))  # one device sync per step
+        losses = dict(zip(self.loss_keys, self.parallel.mean(parts).tolist()))  # one device sync per step
         clip = tc.grad_clip if tc.grad_clip > 0 else math.inf
         grad_norm = clip_grad_norm(self._params, clip, self.parallel)
         finite = math.isfinite(losses["loss"]) and math.isfinite(grad_norm)
@@ -306,7 +312,7 @@ class Trainer:
         tokens, seconds = self._interval
         record["tokens_per_s"] = tokens / seconds if seconds else 0.0
         # The logged line keeps the order of older runs' metrics: throughput right after the token count.
-        line = {k: record[k] for k in ("step", *LOSS_KEYS, "lr", "tokens", "tokens_per_s", "grad_norm", "spike",
+        line = {k: record[k] for k in ("step", *self.loss_keys, "lr", "tokens", "tokens_per_s", "grad_norm", "spike",
                                        "spikes", "nonfinite_skips")}
         self._log(line)
         if bar is not None:
