@@ -293,7 +293,6 @@ def _rank_pid(launcher: int, rank: int) -> int | None:
     return None
 
 
-@pytest.mark.slow
 @pytest.mark.usefixtures("shared_cache")
 def test_kill_9_of_a_rank_mid_run_then_resume_reproduces_the_uninterrupted_run(fsdp_run, corpus, tmp_path):
     out = tmp_path / "killed"
