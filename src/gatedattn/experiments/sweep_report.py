@@ -244,6 +244,8 @@ def summary_markdown(summary: SweepSummary, plots: list) -> str:
                   f"({format_number(s['tokens'], si=True)} tokens) per run; d_model {s['model.d_model']}, "
                   f"{s['model.num_layers']} layer(s); data {s['data.source']}.", ""]
         columns = (_LAB_COLUMNS if task == "lab" else _TEXT_COLUMNS) + _STABILITY_COLUMNS
+        if any(c.metrics["sink_slot_share"].n for c in cells):  # DSA cells: the sink's share of top-k
+            columns += ("sink_slot_share",)
         lines += _cell_table(cells, columns)
         if "train.lr" in spec.grid:
             lines += ["", *_lr_table(cells, spec)]
