@@ -36,7 +36,7 @@ from ..fileio import atomic_write_text, read_json_object
 from ..modeling.model import GatedLM
 from .callbacks import Callback
 from .metrics import MetricsLog, SpikeDetector, environment_info, log, plot_loss_curves, read_metrics
-from .optim import build_optimizer
+from .optim import build_optimizer, freeze_non_gates
 from .state import TrainState, rng_state, set_rng_state
 
 # Settings that may differ when a run is resumed: they change neither the model nor the data order.
@@ -387,6 +387,8 @@ class Trainer:
         if init is not None:
             load_init_weights(self.model, init.model, self.init_from)
         self.model.to(self.device).train()
+        if tc.trainable == "gates":
+            freeze_non_gates(self.model)
         # The learning-rate schedule is planned once, for the run's first max_steps: a resumed run that
         # asks for more steps holds the schedule's floor after it instead of jumping back up the cosine.
         self.schedule_steps = tc.max_steps
