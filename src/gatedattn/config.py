@@ -59,7 +59,7 @@ class GateConfig:
 GATE_ACTIVATION_AT_ZERO = {"sigmoid": 0.5, "silu": 0.0, "ns_sigmoid": 0.75, "identity": 0.0}
 
 
-def identity_at_init_error(g: GateConfig) -> None:
+def check_identity_at_init(g: GateConfig) -> None:
     """ConfigError unless ``g`` can start as the identity: a multiplicative gate needs act(0) != 0 (divided
     out), an additive one act(0) = 0."""
     at_zero = GATE_ACTIVATION_AT_ZERO[g.activation]
@@ -185,7 +185,7 @@ class ModelConfig:
             raise ConfigError("model.attention.gate: position g5 acts on the o_proj output, which has no heads; "
                               "allowed there: granularity=elementwise, shared_across_heads=false")
         if g.init == "identity" and g.position != "none":
-            identity_at_init_error(g)
+            check_identity_at_init(g)
         if self.rope.partial_rotary_factor <= 0 or self.rope.partial_rotary_factor > 1:
             raise ConfigError("model.rope.partial_rotary_factor must be in (0, 1]")
         rotary = int(a.head_dim * self.rope.partial_rotary_factor)

@@ -30,11 +30,12 @@ from ..artifacts import load_model
 
 @register_model("gatedattn")
 class GatedAttnLM(TemplateLM):
-    """``model_args``: ``pretrained`` (anything load_model reads), ``device`` (cpu), ``batch_size`` (forwards
-    per batch of loglikelihood requests), ``max_length`` (tokens per forward)."""
+    """``model_args``: ``pretrained`` (anything load_model reads), ``device`` (cpu), ``batch_size`` (requests
+    per forward; an integer, lm_eval's "auto" is not offered), ``max_length`` (tokens per forward).
+    ``max_batch_size`` is accepted because lm_eval passes it, and unused: batches have a fixed size."""
 
     def __init__(self, pretrained: str, device: str = "cpu", batch_size: int | str = 1, max_length: int | None = None,
-                 **unused):
+                 max_batch_size: int | None = None):
         super().__init__()
         loaded = load_model(pretrained, device)
         self.model, self.tok = loaded.model, loaded.require_tokenizer()
