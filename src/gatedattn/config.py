@@ -48,9 +48,27 @@ class GateConfig:
     activation: GateActivation = "sigmoid"
     input_dependent: bool = True
     bias: bool = False
-    init: Literal["normal", "zeros"] = "normal"  # normal = N(0, initializer_range) like q_proj
+    # normal = N(0, initializer_range) like q_proj; zeros = W = 0; identity = W = 0 and the scores divided by
+    # act(0) (2·sigmoid for sigmoid), so the gate starts as exactly 1 (add: 0): `gatedattn retrofit` uses it.
+    init: Literal["normal", "zeros", "identity"] = "normal"
     # g1/g4 only: produce the gate logits by widening q_proj (one matmul) instead of a separate projection.
     fused: bool = True
+
+
+# act(0) of each gate activation: what a zero-initialised gate starts at.
+GATE_ACTIVATION_AT_ZERO = {"sigmoid": 0.5, "silu": 0.0, "ns_sigmoid": 0.75, "identity": 0.0}
+
+
+def check_identity_at_init(g: GateConfig) -> None:
+    """ConfigError unless ``g`` can start as the identity: a multiplicative gate needs act(0) != 0 (divided
+    out), an additive one act(0) = 0."""
+    at_zero = GATE_ACTIVATION_AT_ZERO[g.activation]
+    if (g.combine == "multiply") == (at_zero != 0):
+        return
+    fitting = [a for a, v in GATE_ACTIVATION_AT_ZERO.items() if (v != 0) == (g.combine == "multiply")]
+    raise ConfigError(f"model.attention.gate.init=identity: a gate with combine={g.combine} and "
+                      f"activation={g.activation} cannot start as the identity (act(0) = {at_zero:g}); allowed "
+                      f"activations with combine={g.combine}: {', '.join(fitting)}")
 
 
 @dataclass
@@ -199,6 +217,8 @@ class ModelConfig:
         if g.position == "g5" and (g.granularity == "headwise" or g.shared_across_heads):
             raise ConfigError("model.attention.gate: position g5 acts on the o_proj output, which has no heads; "
                               "allowed there: granularity=elementwise, shared_across_heads=false")
+        if g.init == "identity" and g.position != "none":
+            check_identity_at_init(g)
         if self.rope.partial_rotary_factor <= 0 or self.rope.partial_rotary_factor > 1:
             raise ConfigError("model.rope.partial_rotary_factor must be in (0, 1]")
         rotary = int(a.head_dim * self.rope.partial_rotary_factor)
@@ -300,6 +320,10 @@ class TrainConfig:
     parallel: Literal["none", "ddp", "fsdp"] = "none"
     fsdp_param_dtype: Literal["float32", "bfloat16"] = "float32"  # fsdp mixed precision: gathered weights' dtype
     activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
+    # Continued training of a retrofitted gate (see docs/retrofit.md): gates = only the gate parameters
+    # learn (the rest frozen); base_lr_mult scales the learning rate of every non-gate parameter.
+    trainable: Literal["all", "gates", "indexer"] = "all"  # indexer: only DSA's indexers (its dense warm-up)
+    base_lr_mult: float = 1.0
 
     def validate(self) -> None:
         positive = ("max_steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints", "spike_window",
@@ -322,6 +346,12 @@ class TrainConfig:
         if self.fsdp_param_dtype != "float32" and self.parallel != "fsdp":
             raise ConfigError(f"train.fsdp_param_dtype={self.fsdp_param_dtype} needs train.parallel=fsdp "
                               f"(got {self.parallel}); use train.dtype=bfloat16 for autocast otherwise")
+        if not self.base_lr_mult > 0:
+            raise ConfigError(f"train.base_lr_mult must be positive (to freeze the non-gate parameters set "
+                              f"train.trainable=gates), got {self.base_lr_mult}")
+        if self.trainable != "all" and self.base_lr_mult != 1:
+            raise ConfigError(f"train.base_lr_mult scales the non-gate parameters, which train.trainable={self.trainable} "
+                              "freezes; set one of the two")
 
 
 @dataclass

@@ -14,7 +14,8 @@ import sys
 
 from ..errors import GatedAttnError
 
-COMMANDS = ["info", "analyze", "train", "eval", "generate", "compare", "sweep", "long-eval", "export", "import"]
+COMMANDS = ["info", "analyze", "train", "eval", "generate", "compare", "sweep", "long-eval", "export", "import",
+            "retrofit", "lm-eval"]
 DESCRIPTION = """Gated attention for language models (Qiu et al., NeurIPS 2025): build, train, evaluate and
 diagnose transformers with a sigmoid gate after attention. 'gatedattn COMMAND --help' says more."""
 

@@ -11,6 +11,10 @@ on the position:
   g3  keys after k_proj (and QK-norm)               heads = num_kv_heads, width = head_dim
   g4  queries after q_proj (and QK-norm)            heads = num_heads,    width = head_dim
   g5  attention output after o_proj                 heads = 1,            width = d_model
+
+``init=identity`` (the retrofit of a pretrained model, docs/retrofit.md): W = 0 and, for a multiplicative
+gate, the scores divided by act(0), e.g. ``2·sigmoid(X·W)``; the gate is then exactly 1 (an additive one
+exactly 0) at step 0 and stays a sigmoid that can learn to shrink each channel (or to grow it up to 2x).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import GATE_ACTIVATION_AT_ZERO, ModelConfig
 from .hooks import HookPoint
 
 ACTIVATIONS = {
@@ -60,6 +64,9 @@ class Gate(nn.Module):
         self.out_features = self.heads * self.per_head  # gate logits per token
         self.input_dependent, self.fused = g.input_dependent, is_fused(cfg)
         self.init, self.std = g.init, cfg.initializer_range
+        # identity init: divide by act(0) so a zero logit scores exactly 1 (division keeps 0.75 / 0.75 exact)
+        at_zero = GATE_ACTIVATION_AT_ZERO[g.activation]
+        self.score_divisor = at_zero if g.init == "identity" and g.combine == "multiply" else None
         self.proj = None
         if g.input_dependent and not self.fused:
             self.proj = nn.Linear(cfg.d_model, self.out_features, bias=False)
@@ -74,7 +81,7 @@ class Gate(nn.Module):
         """Initialise the projection (own or the rows of q_proj given as ``fused_rows``) per ``init``."""
         weight = fused_rows if fused_rows is not None else (self.proj.weight if self.proj is not None else None)
         if weight is not None:
-            if self.init == "zeros":
+            if self.init in ("zeros", "identity"):
                 weight.zero_()
             else:
                 weight.normal_(0.0, self.std)
@@ -96,6 +103,8 @@ class Gate(nn.Module):
             if self.bias is not None:
                 logits = logits + self.bias
             s = self.activation(logits.unflatten(-1, (self.heads, self.per_head)))
+        if self.score_divisor is not None:
+            s = s / self.score_divisor
         if self.shared:
             s = s.mean(dim=-2, keepdim=True)  # every head gets the head-average score
         return self.hook_score(s)

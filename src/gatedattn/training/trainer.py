@@ -39,7 +39,7 @@ from .callbacks import Callback
 from .distributed import (Parallel, clip_grad_norm, load_named_optimizer_state, named_optimizer_state,
                           parallelize, setup_parallel)
 from .metrics import MetricsLog, SpikeDetector, environment_info, log, plot_loss_curves, read_metrics
-from .optim import build_optimizer
+from .optim import build_optimizer, freeze_except
 from .state import TrainState, rng_state, set_rng_state
 
 # Settings that may differ when a run is resumed: they change neither the model nor the data order.
@@ -436,6 +436,8 @@ class Trainer:
         named_optim = (named_optimizer_state(self.model, tc, resume.state.pop("optimizer"))
                        if resume is not None and not sharded and tc.parallel == "fsdp" else None)
         self.model.to(self.device).train()
+        if tc.trainable != "all":
+            freeze_except(self.model, tc.trainable)
         self.wrapped = parallelize(self.model, tc, par)
         # The learning-rate schedule is planned once, for the run's first max_steps: a resumed run that
         # asks for more steps holds the schedule's floor after it instead of jumping back up the cosine.
