@@ -135,6 +135,56 @@ class MoEConfig:
     z_loss_coef: float = 0.001
 
 
+LAYER_TYPES = ("full_attention", "linear_attention")
+EVERY_RULE = re.compile(r"full_attention_every_(\d+)")
+
+
+@dataclass
+class LinearAttentionConfig:
+    """Gated DeltaNet, the ``linear_attention`` layers (HF Qwen3-Next's names: linear_num_key_heads, ...)."""
+
+    num_key_heads: int = 2  # q and k heads; each serves num_value_heads / num_key_heads value heads
+    num_value_heads: int = 4
+    key_head_dim: int = 16
+    value_head_dim: int = 16
+    conv_kernel_size: int = 4  # the short causal depthwise convolution over [q | k | v]
+    chunk_size: int = 64  # positions per chunk of the parallel form (the result does not depend on it)
+
+    def validate(self) -> None:
+        for key in ("num_key_heads", "num_value_heads", "key_head_dim", "value_head_dim", "conv_kernel_size",
+                    "chunk_size"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"model.linear_attention.{key} must be a positive integer, got {getattr(self, key)}")
+        if self.num_value_heads % self.num_key_heads:
+            raise ConfigError(f"model.linear_attention.num_value_heads ({self.num_value_heads}) must be a multiple "
+                              f"of num_key_heads ({self.num_key_heads})")
+
+
+def resolve_layer_types(layer_types: Any, num_layers: int) -> list[str]:
+    """``model.layer_types`` as one name per layer: a list of full_attention / linear_attention, one of those
+    names for every layer, or ``full_attention_every_N`` (layers N-1, 2N-1, ... full, the rest linear:
+    Qwen3-Next is every_4). ConfigError (one line) otherwise."""
+    allowed = (f"allowed: a list of {num_layers} of {', '.join(LAYER_TYPES)}, one of those names, or "
+               "full_attention_every_N")
+    if isinstance(layer_types, str):
+        if layer_types in LAYER_TYPES:
+            return [layer_types] * num_layers
+        rule = EVERY_RULE.fullmatch(layer_types)
+        if not rule or int(rule.group(1)) < 1:
+            raise ConfigError(f"model.layer_types={layer_types!r} is not a layer pattern; {allowed}")
+        n = int(rule.group(1))
+        return ["linear_attention" if (i + 1) % n else "full_attention" for i in range(num_layers)]
+    if not isinstance(layer_types, (list, tuple)):
+        raise ConfigError(f"model.layer_types={layer_types!r} is not a layer pattern; {allowed}")
+    bad = [t for t in layer_types if t not in LAYER_TYPES]
+    if bad:
+        raise ConfigError(f"model.layer_types has {bad[0]!r}; {allowed}")
+    if len(layer_types) != num_layers:
+        raise ConfigError(f"model.layer_types lists {len(layer_types)} layers but model.num_layers={num_layers}; "
+                          f"{allowed}")
+    return list(layer_types)
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 256
@@ -153,12 +203,20 @@ class ModelConfig:
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     rope: RopeConfig = field(default_factory=RopeConfig)
     moe: MoEConfig = field(default_factory=MoEConfig)
+    # The token mixer of each layer (resolve_layer_types): our gated attention or Gated DeltaNet.
+    layer_types: list[str] | str = "full_attention"
+    linear_attention: LinearAttentionConfig = field(default_factory=LinearAttentionConfig)
+
+    @property
+    def resolved_layer_types(self) -> list[str]:
+        return resolve_layer_types(self.layer_types, self.num_layers)
 
     def validate(self) -> None:
         a, g = self.attention, self.attention.gate
         for key in ("vocab_size", "d_model", "num_layers", "ffn_dim", "max_position_embeddings"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"model.{key} must be a positive integer, got {getattr(self, key)}")
+        resolve_layer_types(self.layer_types, self.num_layers)  # one-line ConfigError on a bad pattern
         for key in ("num_heads", "num_kv_heads", "head_dim"):
             if getattr(a, key) <= 0:
                 raise ConfigError(f"model.attention.{key} must be a positive integer, got {getattr(a, key)}")

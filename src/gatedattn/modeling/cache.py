@@ -1,4 +1,5 @@
-"""KV cache for incremental decoding: post-RoPE (and post-gate, for g2/g3) keys and values per layer.
+"""KV cache for incremental decoding: post-RoPE (and post-gate, for g2/g3) keys and values per attention
+layer; per Gated DeltaNet layer its convolution's last inputs and its recurrent state (fixed size).
 
 Storage is allocated at ``capacity`` positions (``generate`` passes its final length, so nothing is ever
 reallocated while decoding) and grows by doubling beyond that, so appending one token is a copy into
@@ -17,6 +18,8 @@ class KVCache:
         self.rope_seq_len = rope_seq_len
         self._k: list[torch.Tensor | None] = [None] * num_layers
         self._v: list[torch.Tensor | None] = [None] * num_layers
+        self._conv: list[torch.Tensor | None] = [None] * num_layers
+        self._state: list[torch.Tensor | None] = [None] * num_layers
         self._len = [0] * num_layers
         self.capacity = capacity  # positions allocated at the first update (generate: its final length)
 
@@ -41,3 +44,12 @@ class KVCache:
         buf_v[:, start:end] = v
         self._len[layer] = end
         return buf_k[:, :end], buf_v[:, :end]
+
+    def linear_state(self, layer: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """A Gated DeltaNet layer's (conv inputs (B, channels, kernel - 1), state (B, Hv, Dk, Dv)); Nones at
+        the start."""
+        return self._conv[layer], self._state[layer]
+
+    def update_linear_state(self, layer: int, conv: torch.Tensor, state: torch.Tensor, num_tokens: int) -> None:
+        self._conv[layer], self._state[layer] = conv, state
+        self._len[layer] += num_tokens

@@ -6,7 +6,8 @@ HF-style API: ``GatedLM(config)``, ``model(input_ids).logits``, ``save_pretraine
 Hook points for probes (module names): ``hook_embed``; per layer ``layers.{i}.hook_resid_mid`` (after the
 attention residual add) and ``layers.{i}.hook_resid_post`` (after the block); and inside attention
 ``layers.{i}.attn.{hook_q, hook_k, hook_v, hook_attn_probs (eager only), hook_attn_out (SDPA output, before
-the gate), hook_gated_out, hook_out}`` and ``layers.{i}.attn.gate.hook_score``.
+the gate), hook_gated_out, hook_out}`` and ``layers.{i}.attn.gate.hook_score``. Gated DeltaNet layers
+(``model.layer_types``) hold ``layers.{i}.linear_attn`` instead, with ``hook_state_out``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..errors import GatedAttnError
 from ..fileio import read_json_object
 from .attention import Attention
 from .cache import KVCache
+from .deltanet import GatedDeltaNet
 from .ffn import MoE, build_ffn
 from .hooks import HookPoint
 from .norm import RMSNorm
@@ -49,10 +51,16 @@ class GatedLMOutput:
 
 
 class Block(nn.Module):
+    """Pre-norm block; its token mixer is ``attn`` (full_attention) or ``linear_attn`` (Gated DeltaNet)."""
+
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
+        self.layer_type = cfg.resolved_layer_types[layer_idx]
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_zero_centered)
-        self.attn = Attention(cfg, layer_idx)
+        if self.layer_type == "linear_attention":
+            self.linear_attn = GatedDeltaNet(cfg, layer_idx)
+        else:
+            self.attn = Attention(cfg, layer_idx)
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_zero_centered)
         self.ffn = build_ffn(cfg)
         if cfg.sandwich_norm:  # norm the sub-layer output too, before the residual add
@@ -62,7 +70,8 @@ class Block(nn.Module):
         self.hook_resid_mid, self.hook_resid_post = HookPoint(), HookPoint()
 
     def forward(self, h, cos, sin, cache=None):
-        a = self.attn(self.attn_norm(h), cos, sin, cache)
+        x = self.attn_norm(h)
+        a = self.linear_attn(x, cache) if self.layer_type == "linear_attention" else self.attn(x, cos, sin, cache)
         h = self.hook_resid_mid(h + (self.attn_post_norm(a) if self.sandwich else a))
         f = self.ffn(self.ffn_norm(h))
         return self.hook_resid_post(h + (self.ffn_post_norm(f) if self.sandwich else f))
@@ -103,6 +112,9 @@ class GatedLM(nn.Module):
         if self.register_tokens is not None:
             self.register_tokens.normal_(0.0, std)
         for layer in self.layers:
+            if layer.layer_type == "linear_attention":
+                layer.linear_attn.reset_parameters()
+                continue
             layer.attn.reset_gate_parameters()
             if layer.attn.sink_mode == "learned":
                 layer.attn.sink_logit.zero_()
