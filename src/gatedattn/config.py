@@ -503,6 +503,22 @@ PRESETS: dict[str, dict] = {
         "train": {"lr": 1e-3, "weight_decay": 1e-4, "batch_size": 64, "max_steps": 250, "warmup_steps": 20,
                   "eval_every": 0, "eval_batches": 2, "checkpoint_every": 50, "probe_every": 25},
     },
+    # Qwen3-Next in miniature: three Gated DeltaNet layers per gated full-attention layer (G1 elementwise),
+    # an MoE with a sigmoid-gated shared expert, zero-centred norms, RoPE on a quarter of each head.
+    "qwen3-next-tiny": {
+        "model": {"vocab_size": 257, "d_model": 64, "num_layers": 4, "ffn_dim": 128, "tie_embeddings": False,
+                  "norm_zero_centered": True, "layer_types": "full_attention_every_4",
+                  "attention": {"num_heads": 4, "num_kv_heads": 2, "head_dim": 16, "qk_norm": True,
+                                "gate": {"position": "g1", "granularity": "elementwise"}},
+                  "rope": {"partial_rotary_factor": 0.25},
+                  "linear_attention": {"num_key_heads": 2, "num_value_heads": 4, "key_head_dim": 16,
+                                       "value_head_dim": 16, "conv_kernel_size": 4, "chunk_size": 64},
+                  "moe": {"num_experts": 8, "top_k": 2, "expert_ffn_dim": 32, "shared_expert_ffn_dim": 64,
+                          "shared_expert_gate": True}},
+        "data": {"seq_len": 64, "vocab_size": 257},
+        "train": {"batch_size": 4, "max_steps": 20, "warmup_steps": 2, "eval_every": 10,
+                  "checkpoint_every": 10},
+    },
     # The paper's dense 1.7B, 28 layers.
     "paper-dense-1.7b-28l": {
         "model": {"vocab_size": QWEN_VOCAB, "d_model": 2048, "num_layers": 28, "ffn_dim": 6144,
