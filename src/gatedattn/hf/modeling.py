@@ -33,6 +33,7 @@ class GatedAttnConfig(PreTrainedConfig):
         given = {key: kwargs.pop(key) for key in MODEL_CONFIG_KEYS if key in kwargs}
         cfg = model_config_from_dict(given)  # validated, defaults filled in
         kwargs.update(dataclasses.asdict(cfg))
+        kwargs["layer_types"] = cfg.resolved_layer_types  # HF reads layer_types as a list (a rule would be split)
         kwargs["tie_word_embeddings"] = cfg.tie_embeddings  # HF ties (or not) as we do
         super().__post_init__(**kwargs)
 
