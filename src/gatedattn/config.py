@@ -185,6 +185,14 @@ def resolve_layer_types(layer_types: Any, num_layers: int) -> list[str]:
     return list(layer_types)
 
 
+def compact_layer_types(layer_types: list[str] | str) -> list[str] | str:
+    """One name when every layer has it (the default spelling), else the list: how a list written out for
+    transformers (which needs one entry per layer) reads back."""
+    if isinstance(layer_types, list) and len(set(layer_types)) == 1:
+        return layer_types[0]
+    return layer_types
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 256

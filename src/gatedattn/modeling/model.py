@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig, model_config_from_dict
+from ..config import ModelConfig, compact_layer_types, model_config_from_dict
 from ..errors import GatedAttnError
 from ..fileio import read_json_object
 from .attention import Attention
@@ -285,6 +285,8 @@ class GatedLM(nn.Module):
         data.pop("model_type", None)
         if "transformers_version" in data:  # written by transformers: its bookkeeping keys sit beside ours
             data = {k: v for k, v in data.items() if k in MODEL_CONFIG_KEYS}
+            if "layer_types" in data:  # written there as one entry per layer
+                data["layer_types"] = compact_layer_types(data["layer_types"])
         model = cls(model_config_from_dict(data))
         try:
             state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
