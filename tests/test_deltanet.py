@@ -50,6 +50,17 @@ def test_chunked_equals_recurrent_equals_naive_fp64(chunk_size):
         torch.testing.assert_close(s, s_ref, rtol=0, atol=1e-12)
 
 
+def test_chunked_gradients_equal_recurrent_gradients_fp64():
+    inputs = [x.requires_grad_() for x in random_inputs(T=13)]
+    weight = torch.randn(2, 13, 3, 5, dtype=torch.float64)
+    grads = []
+    for fn in (recurrent_gated_delta_rule, lambda *xs: chunk_gated_delta_rule(*xs, chunk_size=4)):
+        o, s = fn(*inputs)
+        grads.append(torch.autograd.grad((o * weight).sum() + s.sum(), inputs))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+
+
 def test_chunked_continues_from_a_state():
     q, k, v, g, beta = random_inputs(T=30)
     o_ref, s_ref = naive_gated_delta_rule(q, k, v, g, beta)
