@@ -75,6 +75,8 @@ def main(argv=None) -> dict:
                          "decode_tokens_per_s": args.new_tokens / harness.median(decode[n]),
                          "train_speedup": harness.median_ratio(train, "train attention", f"train {n}"),
                          "decode_speedup": harness.median([a / b for a, b in zip(decode["attention"], decode[n])])})
+        write(args, rows)  # after each context: a long run killed at 16k keeps the shorter contexts
+    payload = write(args, rows)
     print(f"hybrid ({args.pattern}) vs all-attention, {args.preset} shapes with {args.layers} layers, G1 gate, "
           f"fp32, batch 1, {args.threads} threads, median of {args.rounds} rounds")
     print(harness.table(rows, [("context", "context", "d"), ("model", "model", "s"), ("params", "params", ",d"),
@@ -82,8 +84,12 @@ def main(argv=None) -> dict:
                                ("train_speedup", "x attention", ".2f"),
                                ("decode_tokens_per_s", "decode tok/s", ".1f"),
                                ("decode_speedup", "x attention", ".2f")]))
+    return payload
+
+
+def write(args, rows: list[dict]) -> dict:
     payload = {"benchmark": "hybrid", "preset": args.preset, "layers": args.layers, "pattern": args.pattern,
-               "new_tokens": args.new_tokens, "rounds": args.rounds,
+               "new_tokens": args.new_tokens, "rounds": args.rounds, "warmup": args.warmup,
                "environment": harness.environment(args.threads), "rows": rows}
     harness.write_json(args.out, payload)
     return payload
