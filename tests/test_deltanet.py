@@ -140,3 +140,11 @@ def test_bad_layer_patterns_are_one_line_exit_2(pattern, message, capsys):
 def test_bad_linear_heads_are_one_line():
     with pytest.raises(ConfigError, match="num_value_heads .3. must be a multiple of num_key_heads .2."):
         load_config("qwen3-next-tiny", {"model.linear_attention.num_value_heads": 3})
+
+
+def test_hybrid_trains_every_parameter():
+    model = GatedLM(load_config("qwen3-next-tiny").model).train()
+    ids = torch.randint(0, 257, (2, 70))  # longer than one chunk of 64
+    model(ids, labels=ids).loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing and float(model.layers[0].linear_attn.A_log.grad.abs().sum()) > 0

@@ -63,8 +63,11 @@ def test_the_cache_is_a_transformers_cache_and_cached_steps_equal_the_full_forwa
 DYNAMIC_NTK = {"rope.scaling": {"rope_type": "dynamic", "factor": 4.0, "original_max_position_embeddings": 4}}
 
 
-@pytest.mark.parametrize("overrides", [{}, {"attention.gate.position": "g1"}, DYNAMIC_NTK],
-                         ids=["ungated", "g1", "dynamic-ntk"])  # dynamic NTK: one RoPE length per sequence
+DSA = {"attention.gate.position": "g1", "attention.sparse": {"type": "dsa", "top_k": 3, "indexer_dim": 16}}
+
+
+@pytest.mark.parametrize("overrides", [{}, {"attention.gate.position": "g1"}, DYNAMIC_NTK, DSA],
+                         ids=["ungated", "g1", "dynamic-ntk", "dsa"])  # dynamic NTK: one RoPE length per sequence
 def test_hf_greedy_and_seeded_sampling_equal_gatedlm_generate(overrides):
     model = tiny_model(**overrides, initializer_range=0.2)
     hf = GatedAttnForCausalLM.from_gatedlm(model)
@@ -93,6 +96,15 @@ def test_hf_beam_search_equals_beam_search_on_the_native_model(position):
     ours = GatedAttnForCausalLM.from_gatedlm(model).generate(x, **kwargs)
     assert torch.equal(ours, theirs)
     assert not torch.equal(ours[::2], model.generate(x, max_new_tokens=10))  # beams differ from greedy here
+
+
+def test_hf_beam_search_of_a_dsa_model_with_its_cache_equals_it_without():
+    """The indexer keys sit in the HF cache, so beam search reorders them with the keys and values."""
+    hf = GatedAttnForCausalLM.from_gatedlm(tiny_model(**DSA, initializer_range=0.2))
+    x = torch.randint(0, 257, (2, 5))
+    kwargs = dict(max_new_tokens=10, num_beams=4, num_return_sequences=2, do_sample=False,
+                  attention_mask=torch.ones_like(x), pad_token_id=0)
+    assert torch.equal(hf.generate(x, **kwargs), hf.generate(x, use_cache=False, **kwargs))
 
 
 def test_padding_is_refused_with_one_line():

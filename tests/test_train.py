@@ -306,6 +306,27 @@ def test_init_from_copies_weights_and_tokenizer_and_checks_shapes(corpus, tmp_pa
         train(gated, tmp_path / "bad", init_from=ref_dir, progress=False)
 
 
+def test_dsa_warm_up_from_a_dense_run_logs_the_indexer_kl(corpus, tmp_path, reference_run):
+    """DeepSeek's first stage: a dense run's weights, fresh indexers, attention still dense (mode=dense)."""
+    ref_dir, _ = reference_run
+    dsa = {"model.attention.sparse.type": "dsa", "model.attention.sparse.top_k": 8,
+           "model.attention.sparse.indexer_dim": 16, "model.attention.sparse.mode": "dense"}
+    model = GatedLM(load_config("tiny", {"model.vocab_size": 320, **dsa}).model)
+    ref_model = load_model(ref_dir).model
+    load_init_weights(model, ref_model, ref_dir)
+    ref = ref_model.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items() if ".indexer." not in k)
+    assert any(".indexer." in k for k in model.state_dict())
+    x = torch.randint(0, 320, (2, 16))
+    model.eval()
+    torch.testing.assert_close(model(x).logits, ref_model.eval()(x).logits, rtol=0, atol=0)  # dense mode
+    cfg = _config(corpus, **{**dsa, "train.max_steps": 4, "train.log_every": 1})
+    train(cfg, tmp_path / "warm", init_from=ref_dir, progress=False)
+    kls = [r["indexer_kl"] for r in read_metrics(tmp_path / "warm/metrics.jsonl") if "indexer_kl" in r]
+    assert len(kls) == 4 and all(k > 0 for k in kls)
+    assert "indexer_kl" not in read_metrics(ref_dir / "metrics.jsonl")[0]
+
+
 def test_shared_data_bundle_gives_two_runs_the_same_batches(corpus, tmp_path):
     cfg = _config(corpus, **{"train.max_steps": 2, "train.eval_batches": 0})
     bundle = prepare_data(cfg)

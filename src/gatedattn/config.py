@@ -106,6 +106,34 @@ class RopeConfig:
 
 
 @dataclass
+class SparseAttentionConfig:
+    """``model.attention.sparse``: DeepSeek Sparse Attention (DeepSeek-V3.2). A lightning indexer scores every
+    past token for each query, I(t, s) = sum_j w(t, j) * ReLU(q_j(t) . k(s)), and the query attends only to its
+    ``top_k`` highest-scoring past tokens (all of them while fewer exist), one selection shared by its heads.
+
+    ``implementation``: ``mask`` runs dense attention with the selection as a mask (the reference);
+    ``gather`` gathers the selected keys and values, so attention costs O(T * top_k) instead of O(T^2).
+    ``mode``: ``sparse`` attends to the selection; ``dense`` attends to everything (the indexer still runs,
+    for its warm-up against the dense attention).
+    """
+
+    type: Literal["dsa"]
+    top_k: int = 64
+    indexer_heads: int = 4
+    indexer_dim: int = 64  # even: the indexer's queries and keys are rotated
+    implementation: Literal["mask", "gather"] = "mask"
+    mode: Literal["sparse", "dense"] = "sparse"
+    query_chunk: int = 256  # gather path: queries per chunk, bounding the (chunk, top_k) working set
+
+    def validate(self) -> None:
+        for key in ("top_k", "indexer_heads", "indexer_dim", "query_chunk"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"model.attention.sparse.{key} must be a positive integer, got {getattr(self, key)}")
+        if self.indexer_dim % 2:
+            raise ConfigError(f"model.attention.sparse.indexer_dim must be even (it is rotated), got {self.indexer_dim}")
+
+
+@dataclass
 class AttentionConfig:
     num_heads: int = 4
     num_kv_heads: int = 2
@@ -121,6 +149,7 @@ class AttentionConfig:
     # The paper's non-linearity-only controls, applied to the SDPA output per head (position G1).
     output_nonlinearity: Literal["none", "rmsnorm", "silu"] = "none"
     implementation: Literal["sdpa", "eager"] = "sdpa"  # sdpa = fused fast path; eager = explicit softmax
+    sparse: SparseAttentionConfig | None = None  # None = dense attention
 
 
 @dataclass
@@ -332,6 +361,11 @@ class TrainConfig:
     max_nonfinite: int = 5  # stop after this many non-finite losses/gradients in a row (each is skipped)
     probe_every: int = 0  # sink probes on the first validation sequences every N steps, to metrics.jsonl; 0 = off
     device: Device = "auto"  # auto = CUDA when available, else CPU
+    # Data parallelism over the processes torchrun starts (docs/distributed.md); batch_size stays the global
+    # micro-batch, split over the ranks.
+    parallel: Literal["none", "ddp", "fsdp"] = "none"
+    fsdp_param_dtype: Literal["float32", "bfloat16"] = "float32"  # fsdp mixed precision: gathered weights' dtype
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
 
     def validate(self) -> None:
         positive = ("max_steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints", "spike_window",
@@ -351,6 +385,9 @@ class TrainConfig:
             raise ConfigError("train.beta1 and train.beta2 must be in [0, 1)")
         if self.spike_factor <= 1:
             raise ConfigError(f"train.spike_factor must be > 1, got {self.spike_factor}")
+        if self.fsdp_param_dtype != "float32" and self.parallel != "fsdp":
+            raise ConfigError(f"train.fsdp_param_dtype={self.fsdp_param_dtype} needs train.parallel=fsdp "
+                              f"(got {self.parallel}); use train.dtype=bfloat16 for autocast otherwise")
 
 
 @dataclass

@@ -22,6 +22,7 @@ from ..modeling.model import GatedLM
 from .activations import activation_stats, first_token_norm_ratio
 from .attention import attention_head_stats, attention_map
 from .gates import THRESHOLDS, gate_stats, histogram_edges
+from .selection import selection_stats
 
 SINK_EPS = 0.3  # a head "has a sink" when its first-token share exceeds this (attention-sink literature)
 SINK_CHOICES = ("first", "bos")
@@ -51,15 +52,19 @@ class _Recorder:
         self.attn, self.maps, self.acts, self.reg_acts = {}, {}, {}, {}
         self.gates, self.attn_out, self.gated_out = {}, {}, {}
         self.values, self.resid_norms = {}, {}
+        self.selection = {}
 
-    def on_attention(self, i, q, k, scale, sink_logit, window):
-        """q (B, H, T, D), k (B, Hk, T, D), post-RoPE, over the full sequence (registers included)."""
+    def on_attention(self, i, q, k, scale, sink_logit, window, selection=None):
+        """q (B, H, T, D), k (B, Hk, T, D), post-RoPE, over the full sequence (registers included);
+        ``selection`` (B, T, J): a DSA layer's selected key positions."""
         active = None if self.active is None else self.active.to(q.device)
         self.attn[i] = attention_head_stats(q, k, scale, self.sink_pos + self.R, num_registers=self.R,
                                             sink_logit=sink_logit, window=window, active_queries=active,
-                                            **self.chunks)
+                                            selection=selection, **self.chunks)
+        if selection is not None:
+            self.selection[i] = selection_stats(selection, self.sink_pos.to(selection.device) + self.R, self.R)
         if i in self.map_layers:
-            self.maps[i] = attention_map(q, k, scale, self.map_size, sink_logit, window).mean(0)
+            self.maps[i] = attention_map(q, k, scale, self.map_size, sink_logit, window, selection).mean(0)
         self.bar.update(1)
 
     def on_value(self, i, v):
@@ -92,10 +97,19 @@ def _register_gatedlm_probes(model: GatedLM, rec: _Recorder, handles: list) -> N
             seen["q"] = out
 
         def on_k(m, args, out, i=i, attn=attn, seen=seen):
+            if attn.indexer is not None:  # a DSA layer: wait for its selection
+                seen["k"] = out
+                return
             rec.on_attention(i, seen.pop("q").transpose(1, 2), out.transpose(1, 2), attn.scale,
                              attn.sink_logits(), None)
 
+        def on_selection(m, args, out, i=i, attn=attn, seen=seen):
+            selection = None if attn.sparse.mode == "dense" else out
+            rec.on_attention(i, seen.pop("q").transpose(1, 2), seen.pop("k").transpose(1, 2), attn.scale,
+                             attn.sink_logits(), None, selection)
+
         handles += [attn.hook_q.register_forward_hook(keep_q), attn.hook_k.register_forward_hook(on_k),
+                    attn.hook_selection.register_forward_hook(on_selection),
                     attn.hook_v.register_forward_hook(lambda m, a, o, i=i: rec.on_value(i, o.transpose(1, 2))),
                     attn.hook_attn_out.register_forward_hook(lambda m, a, o, i=i: rec.on_attn_out(i, o, False)),
                     attn.hook_gated_out.register_forward_hook(lambda m, a, o, i=i: rec.on_attn_out(i, o, True))]
@@ -279,5 +293,9 @@ def _assemble(info: dict, rec: _Recorder, ids: torch.Tensor, sink: str, sink_pos
                                  "below": sum(x["histogram"]["below"] for x in g),
                                  "above": sum(x["histogram"]["above"] for x in g)}
         out["gate_histogram_per_layer"] = [x["histogram"]["counts"] for x in g]
+    if rec.selection:  # DSA layers (None for dense ones)
+        for key in ("sink_slot_share", "sink_selection_rate", "selection_entropy", "selection_entropy_uniform",
+                    "selection_frequency"):
+            out[key] = [rec.selection[i][key] if i in rec.selection else None for i in range(L)]
     out["attention_maps"] = {str(i): rec.maps[i].cpu().tolist() for i in sorted(rec.maps)}
     return out

@@ -12,6 +12,8 @@ Conventions (documented in docs/analysis.md):
 - A virtual sink slot (learned or off-by-one sink logit) is part of the softmax: its mass is reported as
   ``sink_peer_share`` and its probability enters the entropy.
 - GQA: query head ``h`` reads KV head ``h // (H / Hk)`` (HF ``repeat_kv`` and our ``repeat_interleave``).
+- ``selection`` (B, T, J): a DSA layer's key positions per query (those after the query are unused slots);
+  every statistic is then over the selected keys only, as the layer attends.
 - ``active_queries`` (B, T) splits the counted queries in two groups (e.g. the Bigram-Backcopy task's queries
   at trigger tokens, where Guo et al.'s heads are active, and the dormant rest); the first-token share is then
   also reported per group.
@@ -40,11 +42,20 @@ def _grouped(q: torch.Tensor, k: torch.Tensor):
     return q.to(dtype).view(B, Hk, H // Hk, T, D), k.to(dtype)[:, :, None]
 
 
+def selected_keys(selection: torch.Tensor, q_pos: torch.Tensor, num_keys: int) -> torch.Tensor:
+    """(B, c, J) selected key positions of the queries at ``q_pos`` -> (B, c, num_keys) bool, dropping the
+    unused slots (positions after their query), which go to one spare column that is cut off."""
+    used = selection <= q_pos[None, :, None]
+    mask = torch.zeros(*selection.shape[:2], num_keys + 1, dtype=torch.bool, device=selection.device)
+    return mask.scatter_(-1, torch.where(used, selection, num_keys), True)[..., :num_keys]
+
+
 @torch.no_grad()
 def attention_head_stats(q: torch.Tensor, k: torch.Tensor, scale: float, sink_pos: torch.Tensor, *,
                          num_registers: int = 0, sink_logit: torch.Tensor | None = None,
                          window: int | None = None, active_queries: torch.Tensor | None = None,
-                         query_chunk: int = 256, key_chunk: int = 1024) -> dict[str, torch.Tensor]:
+                         selection: torch.Tensor | None = None, query_chunk: int = 256,
+                         key_chunk: int = 1024) -> dict[str, torch.Tensor]:
     """Mean over counted queries (and the batch) of per-head attention statistics.
 
     q: (B, H, T, D) and k: (B, Hk, T, D), post-RoPE; ``scale`` multiplies q·k; ``sink_pos`` (B,) the
@@ -77,6 +88,7 @@ def attention_head_stats(q: torch.Tensor, k: torch.Tensor, scale: float, sink_po
         counted = (q_pos[None, :] > sink_pos[:, None]).to(qg.dtype)  # B, c
         if not counted.any():
             continue
+        chosen = None if selection is None else selected_keys(selection[:, a:b], q_pos, T)  # B, c, T
         shape = (*qc.shape[:-1],)  # B, Hk, G, c
         if peer is None:
             m, l = qc.new_full(shape, float("-inf")), qc.new_zeros(shape)
@@ -92,6 +104,10 @@ def attention_head_stats(q: torch.Tensor, k: torch.Tensor, scale: float, sink_po
             hidden = None
             if ke - 1 > a or (window is not None and ks <= b - 1 - window):
                 hidden = ~allowed_keys(q_pos, torch.arange(ks, ke, device=dev), window)
+            if chosen is not None:
+                unchosen = ~chosen[:, None, None, :, ks:ke]
+                hidden = unchosen if hidden is None else hidden | unchosen
+            if hidden is not None:
                 s.masked_fill_(hidden, float("-inf"))
             m_new = torch.maximum(m, s.amax(-1))
             m_ref = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))  # rows not started
@@ -108,11 +124,15 @@ def attention_head_stats(q: torch.Tensor, k: torch.Tensor, scale: float, sink_po
         stats = {"entropy": torch.log(l) - e / l}
         s_sink = (qs * k_sink).sum(-1)
         sink_ok = allowed_keys(q_pos, sink_pos, window).T[:, None, None, :]  # B, 1, 1, c
+        if chosen is not None:
+            sink_ok = sink_ok & chosen[torch.arange(B, device=dev), :, sink_pos][:, None, None, :]
         stats["first_token_share"] = torch.where(sink_ok, torch.exp(s_sink - log_z), torch.zeros_like(log_z))
         if num_registers:
             s_reg = qs @ kg[..., :num_registers, :].transpose(-1, -2)
-            s_reg = s_reg.masked_fill(~allowed_keys(q_pos, torch.arange(num_registers, device=dev), window),
-                                      float("-inf"))
+            reg_hidden = ~allowed_keys(q_pos, torch.arange(num_registers, device=dev), window)
+            if chosen is not None:
+                reg_hidden = reg_hidden | ~chosen[:, None, None, :, :num_registers]
+            s_reg = s_reg.masked_fill(reg_hidden, float("-inf"))
             stats["register_share"] = torch.exp(s_reg - log_z[..., None]).sum(-1)
         if peer is not None:
             stats["sink_peer_share"] = torch.exp(peer - log_z)
@@ -141,7 +161,8 @@ def attention_head_stats(q: torch.Tensor, k: torch.Tensor, scale: float, sink_po
 
 @torch.no_grad()
 def attention_map(q: torch.Tensor, k: torch.Tensor, scale: float, n: int,
-                  sink_logit: torch.Tensor | None = None, window: int | None = None) -> torch.Tensor:
+                  sink_logit: torch.Tensor | None = None, window: int | None = None,
+                  selection: torch.Tensor | None = None) -> torch.Tensor:
     """Attention probabilities among the first ``n`` positions, (H, n, n), averaged over the batch.
 
     Causal attention makes this block exact: query i < n sees only keys <= i. A sink slot takes its
@@ -152,6 +173,8 @@ def attention_map(q: torch.Tensor, k: torch.Tensor, scale: float, n: int,
     s = qg @ kg.transpose(-1, -2) * scale  # B, Hk, G, n, n
     pos = torch.arange(n, device=q.device)
     s = s.masked_fill(~allowed_keys(pos, pos, window), float("-inf"))
+    if selection is not None:  # a DSA layer: only the selected keys
+        s = s.masked_fill(~selected_keys(selection[:, :n], pos, n)[:, None, None], float("-inf"))
     if sink_logit is not None:
         col = sink_logit.to(s.dtype).view(1, *s.shape[1:3], 1, 1).expand(*s.shape[:-1], 1)
         s = torch.cat([s, col], -1)

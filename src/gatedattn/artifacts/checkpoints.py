@@ -5,6 +5,13 @@ directory), ``tokenizer.json``, ``run_config.yaml`` (the run's resolved config),
 (optimizer, scheduler, RNG states, data position, counters) and ``manifest.json`` (size and SHA-256 of
 every other file).
 
+A data-parallel run (``train.parallel`` ddp or fsdp) adds ``sharded/``: the model and optimizer state as a
+``torch.distributed.checkpoint`` (DCP) directory, one file per rank plus ``.metadata``, loadable on any
+number of ranks (resharded on load); its ``trainer_state.pt`` then holds no optimizer. ``model.safetensors``
+is still the whole model, gathered on rank 0, so every checkpoint stays a model directory. All ranks write
+into one temporary folder (on a file system they share); rank 0 writes the manifest, which covers every
+rank's files, only after all of them have written, then renames the folder into place.
+
 Every change to the folder is a rename, so a kill at any moment leaves nothing half-done under a final
 name: a checkpoint is written into ``.tmp-step_*``, fsynced and renamed into place; an old one is renamed to
 ``.trash-step_*`` before it is deleted; one that fails its manifest is renamed ``step_*.unreadable-TIME``
@@ -31,8 +38,8 @@ from ..modeling.model import CONFIG_NAME, WEIGHTS_NAME
 
 log = logging.getLogger("gatedattn.artifacts")
 
-STATE_NAME, MANIFEST_NAME, TOKENIZER_NAME, RUN_CONFIG_NAME = (
-    "trainer_state.pt", "manifest.json", "tokenizer.json", "run_config.yaml")
+STATE_NAME, MANIFEST_NAME, TOKENIZER_NAME, RUN_CONFIG_NAME, SHARDED_DIR = (
+    "trainer_state.pt", "manifest.json", "tokenizer.json", "run_config.yaml", "sharded")
 CHECKPOINTS_DIR = "checkpoints"
 MAX_UNREADABLE_KEPT = 3  # set-aside damaged checkpoints kept for inspection; older ones are deleted
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -131,20 +138,80 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, run_config: str,
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
+    _finish_checkpoint(tmp, final, tokenizer, run_config, state)
+    prune_checkpoints(run_dir, keep)
+    return final
+
+
+def _finish_checkpoint(tmp: Path, final: Path, tokenizer, run_config: str, state: dict) -> None:
+    """Add the run's files and the manifest (of every file below ``tmp``) and rename ``tmp`` to ``final``."""
     tokenizer.save(tmp / TOKENIZER_NAME)
     (tmp / RUN_CONFIG_NAME).write_text(run_config, encoding="utf-8")
     torch.save(state, tmp / STATE_NAME)
     manifest = {}
-    for file in sorted(tmp.iterdir()):
+    for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
         fsync_path(file)
-        manifest[file.name] = {"size": file.stat().st_size, "sha256": sha256_file(file)}
+        manifest[file.relative_to(tmp).as_posix()] = {"size": file.stat().st_size, "sha256": sha256_file(file)}
     (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     fsync_path(tmp / MANIFEST_NAME)
-    fsync_path(tmp)
+    for folder in sorted({p.parent for p in tmp.rglob("*")}, key=lambda p: len(p.parts), reverse=True):
+        fsync_path(folder)
     os.rename(tmp, final)
-    fsync_path(root)
-    prune_checkpoints(run_dir, keep)
+    fsync_path(final.parent)
+
+
+def save_sharded_checkpoint(run_dir: Path, step: int, model, optimizer, tokenizer, run_config: str, state: dict,
+                            keep: int) -> Path:
+    """Collective (every rank calls it): write checkpoint ``step`` of a data-parallel run, then prune.
+
+    ``model`` is the (FSDP-sharded or plain) GatedLM, ``state`` the trainer state without the optimizer."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+
+    rank = dist.get_rank()
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    final = root / f"step_{step:07d}"
+    tmp = root / f".tmp-{final.name}"  # one name for all ranks
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    model_state, optim_state = get_state_dict(model, optimizer)
+    # DCP's save ends by gathering every rank's write results on rank 0: when it returns there, all wrote.
+    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(tmp / SHARDED_DIR))
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        from ..modeling.model import GatedLM
+
+        with torch.random.fork_rng(devices=[]):  # the export copy's initialisation must not move the run's RNG
+            export = GatedLM(model.config)
+        export.load_state_dict(full)
+        export.save_pretrained(tmp)
+        _finish_checkpoint(tmp, final, tokenizer, run_config, state)
+        prune_checkpoints(run_dir, keep)
+    dist.barrier()
     return final
+
+
+def is_sharded(path: Path) -> bool:
+    return (path / SHARDED_DIR).is_dir()
+
+
+def load_sharded_state(path: Path, model, optimizer) -> None:
+    """Load a checkpoint's ``sharded/`` model and optimizer state into ``model`` and ``optimizer``, resharded
+    for this process group (or for one process without any)."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optim_state}
+    try:
+        dcp.load(state, checkpoint_id=str(path / SHARDED_DIR), no_dist=not dist.is_initialized())
+    except Exception as e:  # DCP wraps reader errors in CheckpointException and others
+        raise CheckpointError(f"{path / SHARDED_DIR} cannot be loaded ({str(e).splitlines()[0][:200]})") from None
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 
 def _delete(path: Path) -> None:

@@ -16,16 +16,21 @@ from .common import add_config_args, config_from_args
 def add_parser(p: argparse.ArgumentParser) -> None:
     add_config_args(p)
     p.add_argument("--seq-len", type=int, default=None, help="context for attention FLOPs (default: data.seq_len)")
+    p.add_argument("--ranks", type=int, default=8,
+                   help="data-parallel ranks for the FSDP memory row (docs/distributed.md)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..modeling.stats import model_stats
+    from ..modeling.stats import model_stats, training_memory
 
     cfg = config_from_args(args)
     if args.seq_len is not None and args.seq_len < 1:
         raise GatedAttnError(f"--seq-len must be a positive integer, got {args.seq_len}")
+    if args.ranks < 1:
+        raise GatedAttnError(f"--ranks must be a positive integer, got {args.ranks}")
     stats = model_stats(cfg.model, args.seq_len if args.seq_len is not None else cfg.data.seq_len)
+    stats["training_memory"] = memory = training_memory(cfg.model, args.ranks)
     g = cfg.model.attention.gate
     stats["gate"] = {k: getattr(g, k) for k in ("position", "granularity", "shared_across_heads", "combine",
                                                 "activation", "input_dependent")}
@@ -46,6 +51,11 @@ def run(args: argparse.Namespace) -> int:
     for name, value in rows:
         print(f"  {name:<32} {value:>18,.0f}  ({format_number(value, si=True)})")
     print(f"  {'gate share of forward FLOPs':<32} {100 * stats['gate_flop_share']:>17.2f}%")
+    gib = 2 ** 30
+    print("training memory per rank (fp32 weights + gradients + AdamW moments; activations extra):")
+    print(f"  {'one process or DDP':<32} {memory['whole_state_bytes'] / gib:>14.2f} GiB")
+    print(f"  {f'FSDP over {args.ranks} ranks':<32} {memory['fsdp_state_bytes_per_rank'] / gib:>14.2f} GiB"
+          f"  + {memory['largest_unit_bytes'] / gib:.2f} GiB for the largest unit gathered")
     print("layer 0 parameter shapes:")
     for name, shape in stats["layer_shapes"].items():
         print(f"  {name:<40} {'x'.join(map(str, shape))}")

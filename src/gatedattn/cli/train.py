@@ -1,6 +1,7 @@
 """Train a model (resumable): AdamW, warmup + cosine, checkpoints, metrics.jsonl, validation.
 
-Running the same command on the same --out resumes from the latest readable checkpoint.
+Running the same command on the same --out resumes from the latest readable checkpoint. Data-parallel:
+torchrun --nproc_per_node N -m gatedattn train ... --set train.parallel=fsdp (or ddp); see docs/distributed.md.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..training import train
+    from ..training.distributed import launched_rank
 
     cfg = config_from_args(args)
     if args.data:
         cfg.data.source = args.data  # taken verbatim: a path is not a YAML value
     r = train(cfg, args.out, init_from=args.init_from, progress=not args.no_progress)
+    if launched_rank() != 0:  # rank 0 speaks for the run
+        return 0
     if r.resumed_from is not None and r.resumed_from >= r.steps:
         print(f"{r.out_dir}: already trained to step {r.resumed_from} (train.max_steps={cfg.train.max_steps}); "
               "nothing to do")

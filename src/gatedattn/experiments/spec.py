@@ -162,6 +162,16 @@ SPECS: dict[str, dict] = {
         "quick": {"grid": {VARIANT_AXIS: ["none", "g1", "g1-ns_sigmoid"]}, "seeds": [0, 1],
                   **_QUICK_STEPS},
     },
+    "dsa-corners": {
+        "name": "dsa-corners",
+        "description": "Dense, DSA (top-16 keys per query), G1 and G1 + DSA: is the gate complementary to sparse "
+                       "attention, and does the indexer spend its budget on the sink? The lab at its default "
+                       "budget (250 steps of 64 x 128), where the baseline grows a sink",
+        "grid": {VARIANT_AXIS: ["none", "dsa", "g1", "g1-dsa"]},
+        "lab_set": {"train.batch_size": 64, "train.max_steps": 250, "train.probe_every": 25,
+                    "train.checkpoint_every": 50},
+        "quick": {"seeds": [0, 1], **_QUICK_STEPS},
+    },
     "lr-stability": {
         "name": "lr-stability", "paper": "table2",
         "description": "Table 2's stability claim: baseline vs G1 over a ladder of learning rates up to "

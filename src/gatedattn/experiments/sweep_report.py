@@ -32,6 +32,12 @@ def _stability(attr):
     return lambda r: getattr(r.stability, attr) if r.stability is not None else None
 
 
+def _sink_slots(r) -> float | None:
+    """DSA: the share of the selected slots that go to the first token, over the model's DSA layers."""
+    shares = [s for s in r.probes.record.get("sink_slot_share") or [] if s is not None]
+    return sum(shares) / len(shares) if shares else None
+
+
 # metric -> (label, value of a VariantResult). Lower is better for every loss; the rest are descriptive.
 METRICS = {
     "val_loss": ("val loss", lambda r: r.val_loss),
@@ -45,6 +51,7 @@ METRICS = {
     "value_drain": ("value drain", _sink("value_drain")),
     "excess_loss": ("excess loss", _lab("excess_loss")),
     "copy_loss": ("copy loss", _lab("copy_loss")),
+    "sink_slot_share": ("sink slot share", _sink_slots),
     "max_grad_norm": ("max grad norm", _stability("max_grad_norm")),
     "spikes": ("loss spikes", _stability("spikes")),
     "largest_spike": ("largest spike", _stability("largest_spike")),
@@ -237,6 +244,8 @@ def summary_markdown(summary: SweepSummary, plots: list) -> str:
                   f"({format_number(s['tokens'], si=True)} tokens) per run; d_model {s['model.d_model']}, "
                   f"{s['model.num_layers']} layer(s); data {s['data.source']}.", ""]
         columns = (_LAB_COLUMNS if task == "lab" else _TEXT_COLUMNS) + _STABILITY_COLUMNS
+        if any(c.metrics["sink_slot_share"].n for c in cells):  # DSA cells: the sink's share of top-k
+            columns += ("sink_slot_share",)
         lines += _cell_table(cells, columns)
         if "train.lr" in spec.grid:
             lines += ["", *_lr_table(cells, spec)]

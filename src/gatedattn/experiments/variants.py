@@ -16,6 +16,11 @@ def _gate(**keys) -> dict:
     return {f"model.attention.gate.{k}": v for k, v in keys.items()}
 
 
+# DeepSeek Sparse Attention at these tasks' lengths (128-256 tokens): each query keeps its 16 best keys.
+_DSA = {"model.attention.sparse.type": "dsa", "model.attention.sparse.top_k": 16,
+        "model.attention.sparse.indexer_heads": 4, "model.attention.sparse.indexer_dim": 32}
+
+
 VARIANTS: dict[str, dict] = {
     "none": _gate(position="none"),
     **{p: _gate(position=p) for p in ("g1", "g2", "g3", "g4", "g5")},
@@ -33,6 +38,8 @@ VARIANTS: dict[str, dict] = {
     "sink-learned": {"model.attention.sink": "learned"},
     "off-by-one": {"model.attention.sink": "off_by_one"},
     "registers": {"model.attention.num_register_tokens": 4},
+    "dsa": _DSA,
+    "g1-dsa": {**_gate(position="g1"), **_DSA},
 }
 
 

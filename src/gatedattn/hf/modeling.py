@@ -14,7 +14,7 @@ import dataclasses
 
 import torch
 from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..config import ModelConfig, compact_layer_types, model_config_from_dict
@@ -49,10 +49,11 @@ class GatedAttnConfig(PreTrainedConfig):
 
 class CacheView:
     """Our KV-cache interface (``length``, ``update(layer, k, v)`` on (B, T, K, D), ``rope_seq_len``) over a
-    transformers ``Cache`` (which stores (B, K, T, D))."""
+    transformers ``Cache`` (which stores (B, K, T, D)). A DSA layer's indexer keys live in the same cache as
+    the keys of an extra layer ``num_layers + layer`` (with empty values), so beam search reorders them too."""
 
-    def __init__(self, cache: Cache):
-        self.cache = cache
+    def __init__(self, cache: Cache, num_layers: int):
+        self.cache, self.num_layers = cache, num_layers
 
     @property
     def length(self) -> int:
@@ -69,6 +70,13 @@ class CacheView:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k, v = self.cache.update(k.transpose(1, 2), v.transpose(1, 2), layer)
         return k.transpose(1, 2), v.transpose(1, 2)
+
+    def update_index_keys(self, layer: int, k: torch.Tensor) -> torch.Tensor:
+        """Append indexer keys (B, T, E); return the whole history."""
+        while len(self.cache.layers) <= self.num_layers + layer:  # a cache built from the config has L layers
+            self.cache.layers.append(DynamicLayer())
+        keys, _ = self.cache.update(k[:, None], k.new_empty(*k.shape[:2], 0)[:, None], self.num_layers + layer)
+        return keys[:, 0]
 
 
 class GatedAttnForCausalLM(PreTrainedModel, GenerationMixin):
@@ -122,7 +130,8 @@ class GatedAttnForCausalLM(PreTrainedModel, GenerationMixin):
         use_cache = getattr(self.config, "use_cache", True) if use_cache is None else use_cache
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        out = self.model(input_ids, labels=labels, past_key_values=CacheView(cache) if cache is not None else None)
+        out = self.model(input_ids, labels=labels, past_key_values=CacheView(cache, len(self.model.layers))
+                         if cache is not None else None)
         return CausalLMOutputWithPast(loss=out.loss, logits=out.logits, cache=cache)
 
 

@@ -5,6 +5,9 @@ scaled_dot_product_attention, the fast path) and ``eager`` (explicit scores and 
 which also exposes the attention probabilities at ``hook_attn_probs``). The input projections and QK-norm
 run through ``ops.project_qkv_gate`` (one matmul under autograd).
 
+DSA (``attention.sparse``, see sparse.py): a lightning indexer picks each query's top-k past tokens; the
+selection becomes the mask of either path, or the gather path attends to the selected keys only.
+
 Shape suffixes: B batch, T new positions, S key positions (cached + new), C d_model, H query heads,
 K key/value heads, N = H + K, D head_dim.
 
@@ -29,6 +32,7 @@ from .hooks import HookPoint
 from .norm import RMSNorm
 from .ops import project_qkv_gate
 from .rope import apply_rotary
+from .sparse import LightningIndexer, gather_attention, indexer_kl, main_attention_distribution, selection_mask
 
 
 def causal_mask(q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
@@ -59,11 +63,14 @@ class Attention(nn.Module):
         self.sink_mode = a.sink
         if a.sink == "learned":
             self.sink_logit = nn.Parameter(torch.zeros(a.num_heads))  # gpt-oss style, one logit per head
+        self.sparse = a.sparse
+        self.indexer = LightningIndexer(cfg) if a.sparse is not None else None
+        self.aux: dict[str, torch.Tensor] = {}  # training: the indexer's KL to the main attention
         self.output_nonlinearity = a.output_nonlinearity
         if a.output_nonlinearity == "rmsnorm":
             self.output_norm = RMSNorm(a.head_dim, cfg.norm_eps, cfg.norm_zero_centered)
-        for name in ("hook_q", "hook_k", "hook_v", "hook_attn_probs", "hook_attn_out", "hook_gated_out",
-                     "hook_out"):
+        for name in ("hook_q", "hook_k", "hook_v", "hook_selection", "hook_attn_probs", "hook_attn_out",
+                     "hook_gated_out", "hook_out"):
             setattr(self, name, HookPoint())
 
     # -- sinks --------------------------------------------------------------------------------------
@@ -76,11 +83,16 @@ class Attention(nn.Module):
         return None
 
     # -- the two attention paths ------------------------------------------------------------------------
-    def _sdpa(self, q, k, v, past: int) -> torch.Tensor:
-        """q: (B, H, T, D), k/v: (B, K, S, D) -> (B, H, T, D); ``past`` = S - T cached positions."""
+    def _sdpa(self, q, k, v, past: int, allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """q: (B, H, T, D), k/v: (B, K, S, D) -> (B, H, T, D); ``past`` = S - T cached positions.
+        ``allowed``: a (B, T, S) mask replacing the causal one (a DSA selection)."""
         T, S = q.shape[2], k.shape[2]
         sink = self.sink_logits()
         gqa = self.num_heads != self.num_kv_heads
+        if allowed is not None:
+            allowed = allowed[:, None]
+        if sink is None and allowed is not None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.scale, enable_gqa=gqa)
         if sink is None:
             if T == 1 and gqa:
                 # Decoding: a group's query heads become query rows of its KV head (nothing to mask when
@@ -97,17 +109,20 @@ class Attention(nn.Module):
         # (score 0) and add the logit through the float mask, so the fused kernel computes it exactly.
         zeros = k.new_zeros(*k.shape[:2], 1, k.shape[3])
         k, v = torch.cat([k, zeros], 2), torch.cat([v, zeros], 2)
-        allowed = torch.cat([causal_mask(T, S, q.device), q.new_ones(T, 1, dtype=torch.bool)], 1)
-        mask = q.new_zeros(1, self.num_heads, T, S + 1).masked_fill(~allowed, float("-inf"))
+        if allowed is None:
+            allowed = causal_mask(T, S, q.device)[None, None]
+        allowed = torch.cat([allowed, allowed.new_ones(*allowed.shape[:-1], 1)], -1)
+        mask = q.new_zeros(allowed.shape[0], self.num_heads, T, S + 1).masked_fill(~allowed, float("-inf"))
         mask[..., -1] = sink.to(q.dtype)[:, None]
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=gqa)
 
-    def _eager(self, q, k, v, past: int) -> torch.Tensor:
+    def _eager(self, q, k, v, past: int, allowed: torch.Tensor | None = None) -> torch.Tensor:
         groups = self.num_heads // self.num_kv_heads
         k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
         scores = (q @ k.transpose(-1, -2)) * self.scale
         T, S = scores.shape[-2:]
-        scores = scores.masked_fill(~causal_mask(T, S, q.device), float("-inf"))
+        allowed = causal_mask(T, S, q.device) if allowed is None else allowed[:, None]
+        scores = scores.masked_fill(~allowed, float("-inf"))
         sink = self.sink_logits()
         if sink is not None:
             sink_col = sink.to(scores.dtype)[None, :, None, None].expand(*scores.shape[:-1], 1)
@@ -118,6 +133,34 @@ class Attention(nn.Module):
             probs = probs[..., :-1]
         probs = self.hook_attn_probs(probs)
         return probs @ v
+
+    def _sparse(self, x_BTC, q_BHTD, k_BSKD, v_BSKD, cos, sin, cache: KVCache | None) -> torch.Tensor:
+        """DSA: the indexer selects each query's keys, then attention over them (mask or gather path). The
+        indexer reads a detached X, so only its KL to the main attention trains it (as in DeepSeek-V3.2)."""
+        T, S = x_BTC.shape[1], k_BSKD.shape[1]
+        x_idx = x_BTC.detach()
+        keys_BSE = self.indexer.keys(x_idx, cos, sin)
+        if cache is not None:
+            keys_BSE = cache.update_index_keys(self.layer_idx, keys_BSE)
+        causal_TS = causal_mask(T, S, x_BTC.device)
+        dense, gather = self.sparse.mode == "dense", self.sparse.implementation == "gather"
+        if gather and not dense and not self.training:  # inference: never hold T x S indexer scores
+            idx_BTJ, valid_BTJ = self.indexer.select_chunked(x_idx, keys_BSE, cos, sin, causal_TS,
+                                                             self.sparse.query_chunk)
+        else:
+            scores_BTS = self.indexer.scores(x_idx, keys_BSE, cos, sin, causal_TS)
+            idx_BTJ, valid_BTJ = self.indexer.select(scores_BTS)
+        self.hook_selection(idx_BTJ)
+        allowed_BTS = None if dense or gather else selection_mask(idx_BTJ, valid_BTJ, S)
+        if self.training:
+            kl_allowed = causal_TS.expand(x_BTC.shape[0], T, S) if dense else selection_mask(idx_BTJ, valid_BTJ, S)
+            target = main_attention_distribution(q_BHTD.detach(), k_BSKD.detach(), self.scale, kl_allowed)
+            self.aux = {"indexer_kl": indexer_kl(target, scores_BTS, kl_allowed)}
+        if gather and not dense:
+            return gather_attention(q_BHTD, k_BSKD, v_BSKD, idx_BTJ, valid_BTJ, self.scale, self.sink_logits(),
+                                    self.sparse.query_chunk)
+        attend = self._sdpa if self.implementation == "sdpa" else self._eager
+        return attend(q_BHTD, k_BSKD.transpose(1, 2), v_BSKD.transpose(1, 2), past=S - T, allowed=allowed_BTS)
 
     def _output_nonlinearity(self, y: torch.Tensor) -> torch.Tensor:
         """The paper's non-linearity-only controls at G1 (per-head RMSNorm or SiLU, no gate), else y."""
@@ -152,9 +195,12 @@ class Attention(nn.Module):
         k_BSKD, v_BSKD = k_BTKD, v_BTKD  # S = key positions: the cached ones, then these T
         if cache is not None:
             k_BSKD, v_BSKD = cache.update(self.layer_idx, k_BTKD, v_BTKD)
-        attend = self._sdpa if self.implementation == "sdpa" else self._eager
-        y_BHTD = attend(q_BTHD.transpose(1, 2), k_BSKD.transpose(1, 2), v_BSKD.transpose(1, 2),
-                        past=k_BSKD.shape[1] - T)
+        q_BHTD = q_BTHD.transpose(1, 2)
+        if self.indexer is not None:
+            y_BHTD = self._sparse(x_BTC, q_BHTD, k_BSKD, v_BSKD, cos, sin, cache)
+        else:
+            attend = self._sdpa if self.implementation == "sdpa" else self._eager
+            y_BHTD = attend(q_BHTD, k_BSKD.transpose(1, 2), v_BSKD.transpose(1, 2), past=k_BSKD.shape[1] - T)
         y_BTHD = self.hook_attn_out(self._output_nonlinearity(y_BHTD.transpose(1, 2)))
         if gate_position == "g1":  # the paper's default: each head's SDPA output, gated before o_proj
             y_BTHD = self.gate(y_BTHD, x_BTC, gate_logits)

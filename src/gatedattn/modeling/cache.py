@@ -1,5 +1,6 @@
 """KV cache for incremental decoding: post-RoPE (and post-gate, for g2/g3) keys and values per attention
-layer; per Gated DeltaNet layer its convolution's last inputs and its recurrent state (fixed size).
+layer, the lightning indexer's keys of DSA layers, and per Gated DeltaNet layer its convolution's last inputs
+and its recurrent state (fixed size).
 
 Storage is allocated at ``capacity`` positions (``generate`` passes its final length, so nothing is ever
 reallocated while decoding) and grows by doubling beyond that, so appending one token is a copy into
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import GatedAttnError
+
 
 class KVCache:
     def __init__(self, num_layers: int, rope_seq_len: int | None = None, capacity: int = 16):
@@ -18,6 +21,7 @@ class KVCache:
         self.rope_seq_len = rope_seq_len
         self._k: list[torch.Tensor | None] = [None] * num_layers
         self._v: list[torch.Tensor | None] = [None] * num_layers
+        self._index_k: list[torch.Tensor | None] = [None] * num_layers
         self._conv: list[torch.Tensor | None] = [None] * num_layers
         self._state: list[torch.Tensor | None] = [None] * num_layers
         self._len = [0] * num_layers
@@ -28,22 +32,36 @@ class KVCache:
         """Number of positions already cached (same for every layer between forward calls)."""
         return self._len[0]
 
+    def _append(self, store: list, layer: int, start: int, x: torch.Tensor) -> torch.Tensor:
+        """Write x (B, T, ...) at positions start.. of ``store[layer]``, growing it; return positions :end."""
+        end, buf = start + x.shape[1], store[layer]
+        if buf is None or end > buf.shape[1]:
+            cap = max(end, 2 * (buf.shape[1] if buf is not None else 0), self.capacity)
+            new = x.new_empty(x.shape[0], cap, *x.shape[2:])
+            if buf is not None:
+                new[:, :start] = buf[:, :start]
+            store[layer] = buf = new
+        buf[:, start:end] = x
+        return buf[:, :end]
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append k, v of shape (B, T, kv_heads, head_dim); return the whole cached history."""
-        start, end = self._len[layer], self._len[layer] + k.shape[1]
-        buf_k, buf_v = self._k[layer], self._v[layer]
-        if buf_k is None or end > buf_k.shape[1]:
-            cap = max(end, 2 * (buf_k.shape[1] if buf_k is not None else 0), self.capacity)
-            new_k = k.new_empty(k.shape[0], cap, *k.shape[2:])
-            new_v = v.new_empty(v.shape[0], cap, *v.shape[2:])
-            if buf_k is not None:
-                new_k[:, :start] = buf_k[:, :start]
-                new_v[:, :start] = buf_v[:, :start]
-            self._k[layer], self._v[layer] = buf_k, buf_v = new_k, new_v
-        buf_k[:, start:end] = k
-        buf_v[:, start:end] = v
-        self._len[layer] = end
-        return buf_k[:, :end], buf_v[:, :end]
+        start = self._len[layer]
+        k_all, v_all = self._append(self._k, layer, start, k), self._append(self._v, layer, start, v)
+        self._len[layer] = start + k.shape[1]
+        return k_all, v_all
+
+    def update_index_keys(self, layer: int, k: torch.Tensor) -> torch.Tensor:
+        """Append a DSA layer's indexer keys (B, T, indexer_dim), after ``update`` of the same layer and step;
+        return the whole history."""
+        return self._append(self._index_k, layer, self._len[layer] - k.shape[1], k)
+
+    def truncate(self, length: int) -> None:
+        """Forget every position from ``length`` on (the storage stays allocated for the next appends)."""
+        if length < self.length and any(state is not None for state in self._state):
+            raise GatedAttnError("a Gated DeltaNet layer's recurrent state cannot be rewound; truncate a cache of "
+                                 "full-attention layers only")
+        self._len = [min(n, length) for n in self._len]
 
     def linear_state(self, layer: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """A Gated DeltaNet layer's (conv inputs (B, channels, kernel - 1), state (B, Hv, Dk, Dv)); Nones at

@@ -6,13 +6,16 @@ output is scaled by ``sigmoid(x . w)``, one learned score per token, as in Qwen3
 MoE auxiliary losses, as in the paper's MoE runs:
 - load balance: ``E * sum_i f_i * P_i`` where f_i is the share of routing slots that chose expert i and
   P_i the mean router probability, both taken over every token of the forward pass (the global batch,
-  not per sequence);
+  not per sequence). Under data parallelism ``count_group`` is the ranks' process group: the expert counts
+  are summed over it, so f_i is the global batch's; each rank's P_i is its own tokens' mean, and averaging
+  the ranks' losses and gradients (as DDP/FSDP do) makes P_i global too;
 - router z-loss: mean of ``logsumexp(router_logits)^2``.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -43,6 +46,7 @@ class MoE(nn.Module):
         self.shared_expert = SwiGLU(cfg.d_model, m.shared_expert_ffn_dim) if m.shared_expert_ffn_dim else None
         self.shared_expert_gate = nn.Linear(cfg.d_model, 1, bias=False) if m.shared_expert_gate else None
         self.aux: dict[str, torch.Tensor] = {}
+        self.count_group = None  # a torch.distributed process group, set for data-parallel training
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -74,7 +78,12 @@ class MoE(nn.Module):
             if self.shared_expert_gate is not None:
                 shared = torch.sigmoid(self.shared_expert_gate(x)) * shared
             out = out + shared
-        share = counts.float() / flat_experts.numel()
+        if self.training and self.count_group is not None:
+            counts_all = counts.clone()
+            dist.all_reduce(counts_all, group=self.count_group)
+            share = counts_all.float() / (flat_experts.numel() * dist.get_world_size(self.count_group))
+        else:
+            share = counts.float() / flat_experts.numel()
         self.aux = {
             "load_balance_loss": self.num_experts * (share * probs.mean(0)).sum(),
             "z_loss": torch.logsumexp(logits, -1).pow(2).mean(),

@@ -75,6 +75,8 @@ def hf_family(cfg: ModelConfig) -> str:
         ("rope.partial_rotary_factor", cfg.rope.partial_rotary_factor, 1.0)) if value != plain]
     if a.qk_norm and a.qkv_bias:
         blockers.append("qk_norm together with qkv_bias")
+    if a.sparse is not None:
+        blockers.append("attention.sparse (DSA)")
     if blockers:
         raise GatedAttnError("no HF Llama/Qwen2/Qwen3 model computes this GatedLM: "
                              f"{', '.join(blockers)}; allowed: an ungated dense model with full rotary")

@@ -49,6 +49,8 @@ def qwen3_next_blockers(cfg: ModelConfig) -> list[str]:
               ("attention.output_nonlinearity", a.output_nonlinearity, "none"),
               ("sandwich_norm", cfg.sandwich_norm, False))
     blockers = [f"{key}={value!r}" for key, value, plain in wanted if value != plain]
+    if a.sparse is not None:
+        blockers.append("attention.sparse (DSA)")
     if m.num_experts and not m.shared_expert_gate:
         blockers.append("an MoE without moe.shared_expert_gate (Qwen3-Next's shared expert sits behind a sigmoid "
                         "gate)")

@@ -47,6 +47,7 @@ class GatedLMOutput:
     aux_loss: torch.Tensor | None = None  # weighted sum of the MoE losses below (0 for dense models)
     load_balance_loss: torch.Tensor | None = None
     z_loss: torch.Tensor | None = None
+    indexer_kl: torch.Tensor | None = None  # training a DSA model: mean KL of its indexers to the main attention
     past_key_values: KVCache | None = None
 
 
@@ -152,6 +153,11 @@ class GatedLM(nn.Module):
         out = GatedLMOutput(logits=logits, lm_loss=lm_loss, past_key_values=cache)
         self._moe_losses(out)
         out.loss = out.lm_loss + out.aux_loss
+        kls = [layer.attn.aux.pop("indexer_kl") for layer in self.layers
+               if layer.layer_type == "full_attention" and "indexer_kl" in layer.attn.aux] if self.training else []
+        if kls:  # its gradient reaches the indexers only (detached inputs and targets): no weight needed
+            out.indexer_kl = torch.stack(kls).mean()
+            out.loss = out.loss + out.indexer_kl
         return out
 
     def _moe_losses(self, out: GatedLMOutput) -> None:

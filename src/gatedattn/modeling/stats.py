@@ -62,3 +62,20 @@ def model_stats(cfg: ModelConfig, seq_len: int = 2048) -> dict:
         "gate_flop_share": 2 * gate_added / forward if forward else 0.0,
         "layer_shapes": layer0,
     }
+
+
+TRAIN_STATE_BYTES_PER_PARAM = 16  # fp32 weights, gradients and AdamW's two moments
+
+
+def training_memory(cfg: ModelConfig, ranks: int) -> dict:
+    """Bytes of training state (weights, gradients, AdamW moments, all fp32) per rank, whole (one process or
+    DDP: every rank holds all of it) and sharded by FSDP over ``ranks``; and the largest FSDP unit (a block,
+    or the root: embeddings, final norm, head), whose whole fp32 weights and gradients a rank holds at once
+    while it computes that unit. Activations are extra: they grow with batch x sequence length."""
+    model = _build_meta(cfg)
+    total = _count(model)
+    blocks = [sum(p.numel() for p in layer.parameters()) for layer in model.layers]
+    root = total - sum(blocks)
+    return {"ranks": ranks, "whole_state_bytes": TRAIN_STATE_BYTES_PER_PARAM * total,
+            "fsdp_state_bytes_per_rank": TRAIN_STATE_BYTES_PER_PARAM * total / ranks,
+            "largest_unit_params": max([root, *blocks]), "largest_unit_bytes": 8 * max([root, *blocks])}

@@ -25,7 +25,8 @@ import yaml
 from ..artifacts import (DATA_INFO, ENVIRONMENT, LOSS_PLOT, METRICS, RESULT, RUN_CONFIG_NAME, RUN_CONFIG_YAML,
                          TOKENIZER_NAME, CheckpointError, load_model, load_trainer_state, open_latest, run_file,
                          save_checkpoint, tidy_run)
-from ..artifacts.checkpoints import checkpoint_step, prune_checkpoints
+from ..artifacts.checkpoints import (checkpoint_step, is_sharded, load_sharded_state, prune_checkpoints,
+                                     save_sharded_checkpoint)
 from ..config import DEVICES, Config, dotted
 from ..data.pipeline import DataBundle, prepare_data
 from ..data.sampler import EpochSampler
@@ -35,6 +36,8 @@ from ..evaluation.perplexity import EvalResult, autocast, evaluate_perplexity
 from ..fileio import atomic_write_text, read_json_object
 from ..modeling.model import GatedLM
 from .callbacks import Callback
+from .distributed import (Parallel, clip_grad_norm, load_named_optimizer_state, named_optimizer_state,
+                          parallelize, setup_parallel)
 from .metrics import MetricsLog, SpikeDetector, environment_info, log, plot_loss_curves, read_metrics
 from .optim import build_optimizer
 from .state import TrainState, rng_state, set_rng_state
@@ -43,7 +46,8 @@ from .state import TrainState, rng_state, set_rng_state
 # (A new max_steps keeps the learning-rate schedule planned for the first one: see Trainer._setup.)
 RESUMABLE_CHANGES = ("train.max_steps", "train.log_every", "train.eval_every", "train.eval_batches",
                      "train.checkpoint_every", "train.keep_checkpoints", "train.compile", "train.device",
-                     "train.probe_every")
+                     "train.probe_every", "train.parallel", "train.fsdp_param_dtype",
+                     "train.activation_checkpointing")
 
 LOSS_KEYS = ("loss", "lm_loss", "aux_loss", "load_balance_loss", "z_loss")  # GatedLMOutput fields, all logged
 
@@ -100,19 +104,23 @@ def pick_device(name: str, setting: str = "train.device") -> torch.device:
 
 def load_init_weights(model: GatedLM, source: GatedLM, init_from: str | Path) -> None:
     """Copy ``source``'s weights into ``model``; every parameter must exist with the same shape (settings
-    such as model.rope.* may differ: that is the long-context recipe)."""
+    such as model.rope.* may differ: that is the long-context recipe), except DSA indexers, which a dense
+    source lacks: they keep their fresh initialisation (DeepSeek's warm-up starts from a dense model)."""
     if source.config.tie_embeddings != model.config.tie_embeddings:
         raise GatedAttnError(f"--init-from {init_from}: model.tie_embeddings is {source.config.tie_embeddings} "
                              f"there but {model.config.tie_embeddings} here; the architecture must match")
     theirs, ours = source.state_dict(), model.state_dict()
-    for name in sorted(set(theirs) | set(ours)):
+    fresh = sorted(n for n in ours if n not in theirs and ".attn.indexer." in n)
+    for name in sorted((set(theirs) | set(ours)) - set(fresh)):
         a, b = theirs.get(name), ours.get(name)
         if a is None or b is None or a.shape != b.shape:
             there = "missing" if a is None else f"shape {tuple(a.shape)}"
             here = "missing" if b is None else f"shape {tuple(b.shape)}"
             raise GatedAttnError(f"--init-from {init_from}: parameter '{name}' is {there} there but {here} in "
                                  "this config; the architecture (gate, sizes, heads) must match")
-    model.load_state_dict(theirs)
+    if fresh:
+        log.info("--init-from %s: %d DSA indexer tensors are new (freshly initialised)", init_from, len(fresh))
+    model.load_state_dict(theirs, strict=not fresh)
 
 
 def _lock(out_dir: Path):
@@ -173,12 +181,15 @@ class Trainer:
                  callbacks: list[Callback] | tuple[Callback, ...] = ()):
         self.requested, self.out_dir = config, Path(out_dir)
         self.data, self.init_from, self.model, self.progress = data, init_from, model, progress
+        # DSA models also log their indexers' KL to the main attention.
+        self.loss_keys = LOSS_KEYS + (("indexer_kl",) if config.model.attention.sparse is not None else ())
         self.callbacks = list(callbacks)
         if config.train.probe_every > 0:
             from .probes import SinkProbeCallback
 
             self.callbacks.insert(0, SinkProbeCallback(config.train.probe_every))
         self.metrics: MetricsLog | None = None
+        self.parallel = Parallel("none", torch.device("cpu"))  # train() sets up the run's
         self.state = TrainState()
         self.history: list[dict] = []
         self.resumed_from: int | None = None
@@ -189,8 +200,14 @@ class Trainer:
     # -- the run --------------------------------------------------------------------------------------------
     def train(self) -> RunResult:
         self.device = pick_device(self.requested.train.device)  # before anything is created on disk
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        lock = _lock(self.out_dir)
+        self.parallel = setup_parallel(self.requested.train, self.device)
+        self.device = self.parallel.device
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            lock = _lock(self.out_dir) if self.parallel.is_main else None  # rank 0 holds it for the ranks
+        except BaseException:
+            self.parallel.close()
+            raise
         try:
             self._setup()
             self.trained_now = self.state.step < self.config.train.max_steps
@@ -201,22 +218,26 @@ class Trainer:
                          self.config.train.max_steps)
             return self._finish()
         finally:
-            lock.close()
+            if lock is not None:
+                lock.close()
+            self.parallel.close()
 
     def _run_steps(self) -> None:
         from tqdm.auto import tqdm
 
         tc = self.config.train
-        self._write_session_files()
-        self.metrics = MetricsLog(self.out_dir / METRICS)
+        main = self.parallel.is_main
+        if main:
+            self._write_session_files()
+        self.metrics = MetricsLog(self.out_dir / METRICS) if main else None
         if self.resumed_from is not None:
             self._log({"step": self.state.step, "event": "resume", "checkpoint": self.checkpoint.name})
-        self.forward = torch.compile(self.model) if tc.compile else self.model
+        self.forward = torch.compile(self.wrapped) if tc.compile else self.wrapped
         self._interval = [0, 0.0]  # tokens and seconds since the last logged step
         for cb in self.callbacks:
             cb.on_train_start(self)
         bar = tqdm(total=tc.max_steps, initial=self.state.step, desc="train", unit="step",
-                   disable=not self.progress, dynamic_ncols=True)
+                   disable=not (self.progress and main), dynamic_ncols=True)
         try:
             while self.state.step < tc.max_steps:
                 record = self.train_step()
@@ -229,7 +250,8 @@ class Trainer:
                     cb.on_step_end(self, record)
         finally:
             bar.close()
-            self.metrics.close()
+            if self.metrics is not None:
+                self.metrics.close()
             self.metrics = None
 
     def train_step(self) -> dict:
@@ -239,14 +261,17 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         parts = 0.0
         for _ in range(tc.grad_accum):
-            x = self.data.train.batch(self.sampler.next_indices(tc.batch_size)).to(self.device, non_blocking=True)
+            indices = self.parallel.shard(self.sampler.next_indices(tc.batch_size))
+            x = self.data.train.batch(indices).to(self.device, non_blocking=True)
             with autocast(self.device, tc.dtype):
                 out = self.forward(x, labels=x)
             (out.loss / tc.grad_accum).backward()
-            parts = parts + torch.stack([getattr(out, k).detach().float() for k in LOSS_KEYS]) / tc.grad_accum
-        losses = dict(zip(LOSS_KEYS, parts.tolist()))  # one device sync per step
+            parts = parts + torch.stack([getattr(out, k).detach().float() for k in self.loss_keys]) / tc.grad_accum
+        # The global batch's losses (the mean over ranks: each rank's slice is the same size); every rank
+        # then takes the same decisions (skip, spike) from the same numbers.
+        losses = dict(zip(self.loss_keys, self.parallel.mean(parts).tolist()))  # one device sync per step
         clip = tc.grad_clip if tc.grad_clip > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, clip))
+        grad_norm = clip_grad_norm(self._params, clip, self.parallel)
         finite = math.isfinite(losses["loss"]) and math.isfinite(grad_norm)
         if finite:
             self.optimizer.step()
@@ -287,7 +312,7 @@ class Trainer:
         tokens, seconds = self._interval
         record["tokens_per_s"] = tokens / seconds if seconds else 0.0
         # The logged line keeps the order of older runs' metrics: throughput right after the token count.
-        line = {k: record[k] for k in ("step", *LOSS_KEYS, "lr", "tokens", "tokens_per_s", "grad_norm", "spike",
+        line = {k: record[k] for k in ("step", *self.loss_keys, "lr", "tokens", "tokens_per_s", "grad_norm", "spike",
                                        "spikes", "nonfinite_skips")}
         self._log(line)
         if bar is not None:
@@ -311,14 +336,22 @@ class Trainer:
         tc, step = self.config.train, self.state.step
         if not (force or (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step == tc.max_steps):
             return None
-        self.checkpoint = save_checkpoint(self.out_dir, step, self.model, self.data.tokenizer, self.run_config_text,
-                                          self.state_dict(), tc.keep_checkpoints)
+        if self.parallel.active:
+            state = self.state_dict()
+            del state["optimizer"]  # sharded with the model
+            self.checkpoint = save_sharded_checkpoint(self.out_dir, step, self.model, self.optimizer,
+                                                      self.data.tokenizer, self.run_config_text, state,
+                                                      tc.keep_checkpoints)
+        else:
+            self.checkpoint = save_checkpoint(self.out_dir, step, self.model, self.data.tokenizer,
+                                              self.run_config_text, self.state_dict(), tc.keep_checkpoints)
         for cb in self.callbacks:
             cb.on_checkpoint(self, self.checkpoint)
         return self.checkpoint
 
     def _log(self, record: dict) -> None:
-        self.metrics.write(record)
+        if self.metrics is not None:  # rank 0's
+            self.metrics.write(record)
         self.history.append(record)
 
     def log_metrics(self, record: dict) -> None:
@@ -326,7 +359,7 @@ class Trainer:
         and the run's history; callbacks use this, also after the training loop has closed its log."""
         if "step" not in record:
             raise ValueError("a metrics record needs its 'step'")
-        if self.metrics is not None:
+        if self.metrics is not None or not self.parallel.is_main:
             self._log(record)
             return
         metrics = MetricsLog(self.out_dir / METRICS, tensorboard=False)
@@ -338,7 +371,8 @@ class Trainer:
 
     # -- state ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Everything beside the weights that a resumed run needs (saved as trainer_state.pt)."""
+        """Everything beside the weights that a resumed run needs (saved as trainer_state.pt; a data-parallel
+        run saves "optimizer" with the weights, sharded)."""
         return {**self.state.state_dict(), "train_seconds": self.train_seconds, "schedule_steps": self.schedule_steps,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "sampler": self.sampler.state_dict(), "rng": rng_state(), "spike_history": list(self.spikes.history)}
@@ -346,7 +380,8 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         self.state.load_state_dict(state)
         self.train_seconds = state.get("train_seconds", 0.0)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:  # else loaded with the sharded weights
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
@@ -355,8 +390,12 @@ class Trainer:
 
     # -- set-up and finish ----------------------------------------------------------------------------------
     def _setup(self) -> None:
-        tc = self.requested.train
-        found = open_latest(self.out_dir, _read_resume)
+        tc, par = self.requested.train, self.parallel
+        # Rank 0 picks the checkpoint (and sets aside newer broken ones below); the others read the same one.
+        found = open_latest(self.out_dir, _read_resume) if par.is_main else None
+        chosen = par.broadcast(found[0] if found is not None else None)
+        if found is None and chosen is not None:
+            found = chosen, _read_resume(chosen)
         resume = found[1] if found is not None else None
         init = load_model(self.init_from) if self.init_from is not None and resume is None else None
         if init is not None and not init.is_ours:
@@ -364,7 +403,8 @@ class Trainer:
         # The tokenizer of a resumed run is its own; a run started from another model uses that model's.
         tokenizer = resume.tokenizer if resume is not None else (init.require_tokenizer() if init else None)
         if self.data is None:
-            self.data = prepare_data(self.requested, tokenizer)
+            with par.main_first():  # rank 0 fills the tokenizer and token caches; the others read them
+                self.data = prepare_data(self.requested, tokenizer)
         else:
             if self.data.config != self.requested.data:
                 raise GatedAttnError("the data bundle was prepared with other data settings than config.data")
@@ -376,7 +416,8 @@ class Trainer:
         self.run_config_text = config_yaml(cfg)
         if resume is not None:
             self._check_same_run(resume.run_config)
-        tidy_run(self.out_dir, resume.path if resume is not None else None)
+        if par.is_main:
+            tidy_run(self.out_dir, resume.path if resume is not None else None)
 
         torch.manual_seed(tc.seed)
         if self.model is None:
@@ -386,7 +427,16 @@ class Trainer:
                                  f"{cfg.model.vocab_size} tokens")
         if init is not None:
             load_init_weights(self.model, init.model, self.init_from)
+        sharded = resume is not None and is_sharded(resume.path)
+        if resume is not None and not sharded:  # whole weights load before FSDP shards them
+            from safetensors.torch import load_model as load_weights
+
+            load_weights(self.model, str(resume.path / "model.safetensors"))
+        # A single-process checkpoint's optimizer state, renamed by parameter while the model is whole.
+        named_optim = (named_optimizer_state(self.model, tc, resume.state.pop("optimizer"))
+                       if resume is not None and not sharded and tc.parallel == "fsdp" else None)
         self.model.to(self.device).train()
+        self.wrapped = parallelize(self.model, tc, par)
         # The learning-rate schedule is planned once, for the run's first max_steps: a resumed run that
         # asks for more steps holds the schedule's floor after it instead of jumping back up the cosine.
         self.schedule_steps = tc.max_steps
@@ -402,15 +452,18 @@ class Trainer:
         self._params = [p for p in self.model.parameters() if p.requires_grad]
         self.tokens_per_step = tc.batch_size * tc.grad_accum * cfg.data.seq_len
         if resume is not None:
-            from safetensors.torch import load_model as load_weights
-
-            load_weights(self.model, str(resume.path / "model.safetensors"), device=str(self.device))
+            if sharded:
+                load_sharded_state(resume.path, self.model, self.optimizer)
+            elif named_optim is not None:
+                load_named_optimizer_state(self.model, self.optimizer, named_optim)
             self.load_state_dict(resume.state)
             self.resumed_from, self.checkpoint = checkpoint_step(resume.path), resume.path
             log.info("resuming %s from step %d (%s)", self.out_dir, self.state.step, resume.path.name)
 
         metrics_path = self.out_dir / METRICS
-        MetricsLog.truncate(metrics_path, self.state.step)
+        if par.is_main:
+            MetricsLog.truncate(metrics_path, self.state.step)
+        par.barrier()
         self.history = read_metrics(metrics_path) if metrics_path.is_file() else []
         for record in self.history:  # checkpoints older than TrainState.last_* have them only here
             if self.state.last_loss is None and "loss" in record:
@@ -440,6 +493,7 @@ class Trainer:
             except GatedAttnError:
                 log.warning("warning: %s is unreadable; starting its session list anew", env_path)
         sessions.append({"start_step": st.step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                         "parallel": self.parallel.mode, "world_size": self.parallel.world_size,
                          **environment_info(self.device)})
         atomic_write_text(env_path, json.dumps({"sessions": sessions}, indent=2))
         data_path = out / DATA_INFO
@@ -460,14 +514,15 @@ class Trainer:
         """Complete what a finished run writes; safe to repeat (a kill after the last checkpoint leaves some
         of it undone)."""
         out = self.out_dir
-        prune_checkpoints(out, self.config.train.keep_checkpoints)
-        # The run-level copies a reader looks for first (they may have been lost or damaged).
-        atomic_write_text(out / RUN_CONFIG_YAML, self.run_config_text)
-        self.data.tokenizer.save(out / TOKENIZER_NAME)
         result = self.result()
-        if self.trained_now or not _describes(out / RESULT, result):  # else it records the finishing session
-            atomic_write_text(out / RESULT, json.dumps(result.to_dict(), indent=2))
-        plot_loss_curves({out.name: out}, out / LOSS_PLOT)
+        if self.parallel.is_main:
+            prune_checkpoints(out, self.config.train.keep_checkpoints)
+            # The run-level copies a reader looks for first (they may have been lost or damaged).
+            atomic_write_text(out / RUN_CONFIG_YAML, self.run_config_text)
+            self.data.tokenizer.save(out / TOKENIZER_NAME)
+            if self.trained_now or not _describes(out / RESULT, result):  # else it records the finishing session
+                atomic_write_text(out / RESULT, json.dumps(result.to_dict(), indent=2))
+            plot_loss_curves({out.name: out}, out / LOSS_PLOT)
         self.model.eval()
         for cb in self.callbacks:
             cb.on_train_end(self, result)
