@@ -210,20 +210,6 @@ def test_export_refuses_what_the_target_cannot_represent(tmp_path, capsys, overr
     assert not (tmp_path / "out").exists()
 
 
-def test_import_refuses_linear_attention_layers(tmp_path, capsys):
-    from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
-
-    cfg = Qwen3NextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, num_experts=0,
-                          linear_num_key_heads=2, linear_num_value_heads=2, linear_key_head_dim=8,
-                          linear_value_head_dim=8, layer_types=["linear_attention", "full_attention"])
-    Qwen3NextForCausalLM(cfg).save_pretrained(tmp_path / "hf")
-    capsys.readouterr()
-    assert main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "linear_attention" in err and "[0]" in err, err
-
-
 # -- the Qwen3-Next features against plain math ----------------------------------------------------------------
 def test_zero_centered_norms_equal_plain_norms_with_one_added():
     centred = tiny_model(**{"norm_zero_centered": True, "attention.gate.position": "g1"})

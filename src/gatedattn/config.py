@@ -182,6 +182,64 @@ class MoEConfig:
     z_loss_coef: float = 0.001
 
 
+LAYER_TYPES = ("full_attention", "linear_attention")
+EVERY_RULE = re.compile(r"full_attention_every_(\d+)")
+
+
+@dataclass
+class LinearAttentionConfig:
+    """Gated DeltaNet, the ``linear_attention`` layers (HF Qwen3-Next's names: linear_num_key_heads, ...)."""
+
+    num_key_heads: int = 2  # q and k heads; each serves num_value_heads / num_key_heads value heads
+    num_value_heads: int = 4
+    key_head_dim: int = 16
+    value_head_dim: int = 16
+    conv_kernel_size: int = 4  # the short causal depthwise convolution over [q | k | v]
+    chunk_size: int = 64  # positions per chunk of the parallel form (the result does not depend on it)
+
+    def validate(self) -> None:
+        for key in ("num_key_heads", "num_value_heads", "key_head_dim", "value_head_dim", "conv_kernel_size",
+                    "chunk_size"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"model.linear_attention.{key} must be a positive integer, got {getattr(self, key)}")
+        if self.num_value_heads % self.num_key_heads:
+            raise ConfigError(f"model.linear_attention.num_value_heads ({self.num_value_heads}) must be a multiple "
+                              f"of num_key_heads ({self.num_key_heads})")
+
+
+def resolve_layer_types(layer_types: Any, num_layers: int) -> list[str]:
+    """``model.layer_types`` as one name per layer: a list of full_attention / linear_attention, one of those
+    names for every layer, or ``full_attention_every_N`` (layers N-1, 2N-1, ... full, the rest linear:
+    Qwen3-Next is every_4). ConfigError (one line) otherwise."""
+    allowed = (f"allowed: a list of {num_layers} of {', '.join(LAYER_TYPES)}, one of those names, or "
+               "full_attention_every_N")
+    if isinstance(layer_types, str):
+        if layer_types in LAYER_TYPES:
+            return [layer_types] * num_layers
+        rule = EVERY_RULE.fullmatch(layer_types)
+        if not rule or int(rule.group(1)) < 1:
+            raise ConfigError(f"model.layer_types={layer_types!r} is not a layer pattern; {allowed}")
+        n = int(rule.group(1))
+        return ["linear_attention" if (i + 1) % n else "full_attention" for i in range(num_layers)]
+    if not isinstance(layer_types, (list, tuple)):
+        raise ConfigError(f"model.layer_types={layer_types!r} is not a layer pattern; {allowed}")
+    bad = [t for t in layer_types if t not in LAYER_TYPES]
+    if bad:
+        raise ConfigError(f"model.layer_types has {bad[0]!r}; {allowed}")
+    if len(layer_types) != num_layers:
+        raise ConfigError(f"model.layer_types lists {len(layer_types)} layers but model.num_layers={num_layers}; "
+                          f"{allowed}")
+    return list(layer_types)
+
+
+def compact_layer_types(layer_types: list[str] | str) -> list[str] | str:
+    """One name when every layer has it (the default spelling), else the list: how a list written out for
+    transformers (which needs one entry per layer) reads back."""
+    if isinstance(layer_types, list) and len(set(layer_types)) == 1:
+        return layer_types[0]
+    return layer_types
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 256
@@ -200,12 +258,20 @@ class ModelConfig:
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     rope: RopeConfig = field(default_factory=RopeConfig)
     moe: MoEConfig = field(default_factory=MoEConfig)
+    # The token mixer of each layer (resolve_layer_types): our gated attention or Gated DeltaNet.
+    layer_types: list[str] | str = "full_attention"
+    linear_attention: LinearAttentionConfig = field(default_factory=LinearAttentionConfig)
+
+    @property
+    def resolved_layer_types(self) -> list[str]:
+        return resolve_layer_types(self.layer_types, self.num_layers)
 
     def validate(self) -> None:
         a, g = self.attention, self.attention.gate
         for key in ("vocab_size", "d_model", "num_layers", "ffn_dim", "max_position_embeddings"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"model.{key} must be a positive integer, got {getattr(self, key)}")
+        resolve_layer_types(self.layer_types, self.num_layers)  # one-line ConfigError on a bad pattern
         for key in ("num_heads", "num_kv_heads", "head_dim"):
             if getattr(a, key) <= 0:
                 raise ConfigError(f"model.attention.{key} must be a positive integer, got {getattr(a, key)}")
@@ -511,6 +577,22 @@ PRESETS: dict[str, dict] = {
                                                                                   "val_sequences": 256}},
         "train": {"lr": 1e-3, "weight_decay": 1e-4, "batch_size": 64, "max_steps": 250, "warmup_steps": 20,
                   "eval_every": 0, "eval_batches": 2, "checkpoint_every": 50, "probe_every": 25},
+    },
+    # Qwen3-Next in miniature: three Gated DeltaNet layers per gated full-attention layer (G1 elementwise),
+    # an MoE with a sigmoid-gated shared expert, zero-centred norms, RoPE on a quarter of each head.
+    "qwen3-next-tiny": {
+        "model": {"vocab_size": 257, "d_model": 64, "num_layers": 4, "ffn_dim": 128, "tie_embeddings": False,
+                  "norm_zero_centered": True, "layer_types": "full_attention_every_4",
+                  "attention": {"num_heads": 4, "num_kv_heads": 2, "head_dim": 16, "qk_norm": True,
+                                "gate": {"position": "g1", "granularity": "elementwise"}},
+                  "rope": {"partial_rotary_factor": 0.25},
+                  "linear_attention": {"num_key_heads": 2, "num_value_heads": 4, "key_head_dim": 16,
+                                       "value_head_dim": 16, "conv_kernel_size": 4, "chunk_size": 64},
+                  "moe": {"num_experts": 8, "top_k": 2, "expert_ffn_dim": 32, "shared_expert_ffn_dim": 64,
+                          "shared_expert_gate": True}},
+        "data": {"seq_len": 64, "vocab_size": 257},
+        "train": {"batch_size": 4, "max_steps": 20, "warmup_steps": 2, "eval_every": 10,
+                  "checkpoint_every": 10},
     },
     # The paper's dense 1.7B, 28 layers.
     "paper-dense-1.7b-28l": {

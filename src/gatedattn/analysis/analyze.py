@@ -88,6 +88,9 @@ class _Recorder:
 
 def _register_gatedlm_probes(model: GatedLM, rec: _Recorder, handles: list) -> None:
     for i, layer in enumerate(model.layers):
+        handles.append(layer.hook_resid_post.register_forward_hook(lambda m, a, o, i=i: rec.on_residual(i, o)))
+        if layer.layer_type != "full_attention":  # Gated DeltaNet has no attention weights to probe
+            continue
         attn, seen = layer.attn, {}
 
         def keep_q(m, args, out, seen=seen):
@@ -108,7 +111,6 @@ def _register_gatedlm_probes(model: GatedLM, rec: _Recorder, handles: list) -> N
         handles += [attn.hook_q.register_forward_hook(keep_q), attn.hook_k.register_forward_hook(on_k),
                     attn.hook_selection.register_forward_hook(on_selection),
                     attn.hook_v.register_forward_hook(lambda m, a, o, i=i: rec.on_value(i, o.transpose(1, 2))),
-                    layer.hook_resid_post.register_forward_hook(lambda m, a, o, i=i: rec.on_residual(i, o)),
                     attn.hook_attn_out.register_forward_hook(lambda m, a, o, i=i: rec.on_attn_out(i, o, False)),
                     attn.hook_gated_out.register_forward_hook(lambda m, a, o, i=i: rec.on_attn_out(i, o, True))]
         if attn.gate is not None:
@@ -132,7 +134,9 @@ def _sink_positions(ids: torch.Tensor, sink: str, bos_token_id: int | None) -> t
 def _model_info(model: nn.Module) -> dict:
     if isinstance(model, GatedLM):
         a = model.config.attention
+        attention_layers = [i for i, t in enumerate(model.config.resolved_layer_types) if t == "full_attention"]
         return {"kind": "gatedattn", "architecture": "GatedLM", "num_layers": len(model.layers),
+                "attention_layers": attention_layers,
                 "num_heads": a.num_heads, "num_kv_heads": a.num_kv_heads, "num_register_tokens":
                 model.num_register_tokens, "gate_position": a.gate.position, "attention_sink": a.sink,
                 "bos_token_id": model.config.bos_token_id}
@@ -140,7 +144,8 @@ def _model_info(model: nn.Module) -> dict:
     return {"kind": "hf", "architecture": type(model).__name__, "num_layers": c.num_hidden_layers,
             "num_heads": c.num_attention_heads, "num_kv_heads": getattr(c, "num_key_value_heads", None)
             or c.num_attention_heads, "num_register_tokens": 0, "gate_position": "none",
-            "attention_sink": "none", "bos_token_id": getattr(c, "bos_token_id", None)}
+            "attention_sink": "none", "bos_token_id": getattr(c, "bos_token_id", None),
+            "attention_layers": list(range(c.num_hidden_layers))}
 
 
 @torch.no_grad()
@@ -160,6 +165,10 @@ def analyze_model(model: nn.Module, input_ids, *, sink: str = "first", bos_token
     if ids.dim() != 2 or ids.shape[1] < 2:
         raise GatedAttnError(f"analysis needs at least 2 tokens per sequence, got input of shape {tuple(ids.shape)}")
     L, R = info["num_layers"], info["num_register_tokens"]
+    attention_layers = info["attention_layers"]
+    if not attention_layers:
+        raise GatedAttnError("the model has no full_attention layer (model.layer_types); the sink probes read "
+                             "attention weights")
     if active_queries is not None:
         active_queries = torch.as_tensor(active_queries, dtype=torch.bool)
         active_queries = active_queries[None] if active_queries.dim() == 1 else active_queries
@@ -168,17 +177,22 @@ def analyze_model(model: nn.Module, input_ids, *, sink: str = "first", bos_token
                                  f"input's {tuple(ids.shape)}")
     sink_pos = _sink_positions(ids, sink, bos_token_id if bos_token_id is not None else info["bos_token_id"])
     if map_layers is None:
-        map_layers = [0, L // 2, L - 1]
+        n = len(attention_layers)
+        map_layers = [attention_layers[0], attention_layers[n // 2], attention_layers[-1]]
     bad = [i for i in map_layers if not -L <= i < L]
     if bad:
         raise GatedAttnError(f"attention-map layers {bad} do not exist; the model has layers 0..{L - 1} "
                              "(negative counts from the end)")
     map_layers = sorted({i % L for i in map_layers})
+    linear = [i for i in map_layers if i not in attention_layers]
+    if linear:
+        raise GatedAttnError(f"attention-map layers {linear} are linear_attention (Gated DeltaNet) and have no "
+                             f"attention map; attention layers: {attention_layers}")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     handles: list = []
-    with tqdm(total=L, desc=desc, unit="layer", disable=not progress) as bar:
+    with tqdm(total=len(attention_layers), desc=desc, unit="layer", disable=not progress) as bar:
         rec = _Recorder(R, sink_pos, ids.shape[1], set(map_layers), map_size, top_k, query_chunk, key_chunk, bar,
                         active_queries)
         try:
@@ -205,17 +219,20 @@ def analyze_model(model: nn.Module, input_ids, *, sink: str = "first", bos_token
     return _assemble(info, rec, ids, sink, sink_pos, eps)
 
 
-def _per_layer(values: dict, L: int, what: str) -> list:
-    missing = [i for i in range(L) if i not in values]
+def _per_layer(values: dict, layers: int | list[int], what: str) -> list:
+    layers = range(layers) if isinstance(layers, int) else layers
+    missing = [i for i in layers if i not in values]
     if missing:
         raise RuntimeError(f"no {what} recorded for layers {missing}")
-    return [values[i] for i in range(L)]
+    return [values[i] for i in layers]
 
 
 def _assemble(info: dict, rec: _Recorder, ids: torch.Tensor, sink: str, sink_pos: torch.Tensor,
               eps: float) -> dict:
-    L = info["num_layers"]
-    attn = _per_layer(rec.attn, L, "attention")
+    # Attention statistics (shares, values, gates) are per full_attention layer (info["attention_layers"]);
+    # residual-stream statistics per layer.
+    L, A = info["num_layers"], info["attention_layers"]
+    attn = _per_layer(rec.attn, A, "attention")
     share = torch.stack([a["first_token_share"] for a in attn]).cpu()  # L, H
     entropy = torch.stack([a["entropy"] for a in attn]).cpu()
     acts = _per_layer(rec.acts, L, "residual stream")
@@ -240,7 +257,7 @@ def _assemble(info: dict, rec: _Recorder, ids: torch.Tensor, sink: str, sink_pos
             out[f"first_token_share_{group}_per_head"] = None if empty else per_head.tolist()
             out[f"f_attn_{group}"] = None if empty else float(per_head.mean())
             out[f"sink_rate_{group}"] = None if empty else float((per_head > eps).float().mean())
-    values = _per_layer(rec.values, L, "value states")
+    values = _per_layer(rec.values, A, "value states")
     drain = torch.stack([v["ratio"] for v in values]).cpu()  # L, Hk
     out.update({"value_drain": drain.mean(1).tolist(), "value_drain_per_head": drain.tolist(),
                 "value_first_norm_per_head": [v["first_norm"].tolist() for v in values],
@@ -256,19 +273,19 @@ def _assemble(info: dict, rec: _Recorder, ids: torch.Tensor, sink: str, sink_pos
     if rec.reg_acts:
         out["register_max_abs_activation"] = _per_layer(rec.reg_acts, L, "register activation")
     if rec.attn_out:
-        out["attn_out_mean_abs"] = _per_layer(rec.attn_out, L, "attention output")
-        out["gated_out_mean_abs"] = _per_layer(rec.gated_out, L, "gated output")
+        out["attn_out_mean_abs"] = _per_layer(rec.attn_out, A, "attention output")
+        out["gated_out_mean_abs"] = _per_layer(rec.gated_out, A, "gated output")
     out["has_gate"] = bool(rec.gates)
     if rec.gates:
-        g = _per_layer(rec.gates, L, "gate scores")
-        out.update({"gate_mean": sum(x["mean"] for x in g) / L,
+        g = _per_layer(rec.gates, A, "gate scores")
+        out.update({"gate_mean": sum(x["mean"] for x in g) / len(A),
                     "gate_score_mean": [x["mean"] for x in g],
                     "gate_score_mean_per_head": [x["mean_per_head"].tolist() for x in g],
                     "gate_first_token_mean": [x["first_token_mean"] for x in g],
                     "gate_rest_mean": [x["rest_mean"] for x in g]})
         for t in THRESHOLDS:
             key = f"gate_frac_below_{str(t).replace('.', '_')}"
-            out[key] = sum(x[f"frac_below_{t}"] for x in g) / L
+            out[key] = sum(x[f"frac_below_{t}"] for x in g) / len(A)
             out[f"{key}_per_layer"] = [x[f"frac_below_{t}"] for x in g]
             out[f"{key}_per_head"] = [x[f"frac_below_{t}_per_head"].tolist() for x in g]
         out["gate_histogram"] = {"edges": histogram_edges(),

@@ -52,6 +52,20 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(row) + " |" for row in rows)]
 
 
+def _attention_layers(r: dict) -> list[int]:
+    """The layers the attention statistics cover (a hybrid's full-attention layers; older results: all)."""
+    return r.get("attention_layers", list(range(r["num_layers"])))
+
+
+def _at_layer(r: dict, key: str, layer: int) -> str:
+    if layer >= r["num_layers"]:
+        return ""
+    if key == "max_abs_activation":
+        return _fmt(r[key][layer])
+    layers = _attention_layers(r)
+    return _fmt(r[key][layers.index(layer)]) if layer in layers else "linear"
+
+
 def summary_markdown(results: dict[str, dict], source: str = "") -> str:
     names = list(results)
     first = next(iter(results.values()))
@@ -66,8 +80,7 @@ def summary_markdown(results: dict[str, dict], source: str = "") -> str:
     depth = max(r["num_layers"] for r in results.values())
     for title, key in (("first-token share (mean over heads)", "first_token_share"),
                        ("max abs hidden after the block", "max_abs_activation")):
-        rows = [[str(i), *(_fmt(results[n][key][i]) if i < results[n]["num_layers"] else "" for n in names)]
-                for i in range(depth)]
+        rows = [[str(i), *(_at_layer(results[n], key, i) for n in names)] for i in range(depth)]
         lines += ["", f"## Per layer: {title}", "", *_table(["layer", *names], rows)]
     return "\n".join(lines) + "\n"
 
@@ -97,7 +110,7 @@ def _per_layer(results: dict[str, dict], path: Path) -> None:
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, r in results.items():
-        a.plot(r["first_token_share"], marker="o", ms=3, label=name)
+        a.plot(_attention_layers(r), r["first_token_share"], marker="o", ms=3, label=name)
         b.plot(r["max_abs_activation"], marker="o", ms=3, label=name)
     a.set(xlabel="layer", ylabel="first-token share (mean over heads)", ylim=(0, 1),
           title="attention sink per layer")

@@ -1,4 +1,4 @@
-"""HF checkpoints as GatedLMs: transformers' Qwen3-Next (full-attention layers), Qwen3, Llama and Qwen2, and
+"""HF checkpoints as GatedLMs: transformers' Qwen3-Next (Gated DeltaNet + gated attention layers), Qwen3, Llama and Qwen2, and
 the official gated_attention code's layout (qiuzh20/gated_attention, whose modeling_qwen3.py widens q_proj).
 
 The official layout is a ``model_type: qwen3`` directory whose config.json sets

@@ -79,11 +79,11 @@ def export_model(loaded: LoadedModel, target: str, out: str | Path) -> Path:
 
 
 def import_model(source: str | Path, out: str | Path) -> Path:
-    """Write an HF directory (Qwen3-Next with full-attention layers, Qwen3, Llama, Qwen2, or the official
+    """Write an HF directory (Qwen3-Next, hybrid layers included, Qwen3, Llama, Qwen2, or the official
     gated_attention layout) as our model directory, with its tokenizer.json when it has one."""
     out = _fresh(out)
     data = read_hf_config(Path(source)) if Path(source).is_dir() else None
-    if data is not None and data.get("model_type") == "qwen3_next":  # refuse DeltaNet layers before loading
+    if data is not None and data.get("model_type") == "qwen3_next":  # refuse what we lack before loading
         from transformers import AutoConfig
 
         from_qwen3_next_config(AutoConfig.from_pretrained(source))

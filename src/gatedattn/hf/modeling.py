@@ -17,7 +17,7 @@ from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ..config import ModelConfig, model_config_from_dict
+from ..config import ModelConfig, compact_layer_types, model_config_from_dict
 from ..errors import GatedAttnError
 from ..modeling.model import MODEL_CONFIG_KEYS, GatedLM
 
@@ -33,6 +33,7 @@ class GatedAttnConfig(PreTrainedConfig):
         given = {key: kwargs.pop(key) for key in MODEL_CONFIG_KEYS if key in kwargs}
         cfg = model_config_from_dict(given)  # validated, defaults filled in
         kwargs.update(dataclasses.asdict(cfg))
+        kwargs["layer_types"] = cfg.resolved_layer_types  # HF reads layer_types as a list (a rule would be split)
         kwargs["tie_word_embeddings"] = cfg.tie_embeddings  # HF ties (or not) as we do
         super().__post_init__(**kwargs)
 
@@ -41,7 +42,9 @@ class GatedAttnConfig(PreTrainedConfig):
         return cls(**dataclasses.asdict(cfg))
 
     def model_config(self) -> ModelConfig:
-        return model_config_from_dict({key: getattr(self, key) for key in MODEL_CONFIG_KEYS})
+        data = {key: getattr(self, key) for key in MODEL_CONFIG_KEYS}
+        data["layer_types"] = compact_layer_types(data["layer_types"])
+        return model_config_from_dict(data)
 
 
 class CacheView:

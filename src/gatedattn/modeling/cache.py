@@ -1,5 +1,6 @@
-"""KV cache for incremental decoding: post-RoPE (and post-gate, for g2/g3) keys and values per layer, and
-the lightning indexer's keys of DSA layers.
+"""KV cache for incremental decoding: post-RoPE (and post-gate, for g2/g3) keys and values per attention
+layer, the lightning indexer's keys of DSA layers, and per Gated DeltaNet layer its convolution's last inputs
+and its recurrent state (fixed size).
 
 Storage is allocated at ``capacity`` positions (``generate`` passes its final length, so nothing is ever
 reallocated while decoding) and grows by doubling beyond that, so appending one token is a copy into
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import GatedAttnError
+
 
 class KVCache:
     def __init__(self, num_layers: int, rope_seq_len: int | None = None, capacity: int = 16):
@@ -19,6 +22,8 @@ class KVCache:
         self._k: list[torch.Tensor | None] = [None] * num_layers
         self._v: list[torch.Tensor | None] = [None] * num_layers
         self._index_k: list[torch.Tensor | None] = [None] * num_layers
+        self._conv: list[torch.Tensor | None] = [None] * num_layers
+        self._state: list[torch.Tensor | None] = [None] * num_layers
         self._len = [0] * num_layers
         self.capacity = capacity  # positions allocated at the first update (generate: its final length)
 
@@ -53,4 +58,16 @@ class KVCache:
 
     def truncate(self, length: int) -> None:
         """Forget every position from ``length`` on (the storage stays allocated for the next appends)."""
+        if length < self.length and any(state is not None for state in self._state):
+            raise GatedAttnError("a Gated DeltaNet layer's recurrent state cannot be rewound; truncate a cache of "
+                                 "full-attention layers only")
         self._len = [min(n, length) for n in self._len]
+
+    def linear_state(self, layer: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """A Gated DeltaNet layer's (conv inputs (B, channels, kernel - 1), state (B, Hv, Dk, Dv)); Nones at
+        the start."""
+        return self._conv[layer], self._state[layer]
+
+    def update_linear_state(self, layer: int, conv: torch.Tensor, state: torch.Tensor, num_tokens: int) -> None:
+        self._conv[layer], self._state[layer] = conv, state
+        self._len[layer] += num_tokens

@@ -70,7 +70,8 @@ class MoE(nn.Module):
             idx = token_of_slot[start:start + n]
             h = x[idx]
             y = (F.silu(h @ self.w_gate[e]) * (h @ self.w_up[e])) @ self.w_down[e]
-            out.index_add_(0, idx, y * slot_weight[start:start + n, None].to(y.dtype))
+            # under bf16 autocast y is bf16 while out keeps x's dtype
+            out.index_add_(0, idx, (y * slot_weight[start:start + n, None].to(y.dtype)).to(out.dtype))
             start += n
         if self.shared_expert is not None:
             shared = self.shared_expert(x)

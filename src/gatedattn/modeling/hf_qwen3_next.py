@@ -1,10 +1,11 @@
-"""Configs and weights between GatedLM and HF transformers' Qwen3-Next, full-attention layers only.
+"""Configs and weights between GatedLM and HF transformers' Qwen3-Next: gated full-attention layers and Gated
+DeltaNet (``linear_attention``) layers, in any pattern (``model.layer_types``).
 
 A Qwen3-Next full-attention layer is our G1 gate (elementwise, head-specific, multiplicative sigmoid, no
 bias, from the query token's X) with QK-norm; its norms are zero-centred (``(1 + w) * x / rms(x)``, ours
 with ``model.norm_zero_centered``, else converted as ``w - 1``); its MoE has a shared expert behind a
 sigmoid gate (``moe.shared_expert_gate``); RoPE may be partial (``rope.partial_rotary_factor``, 0.25 in the
-released models). Every layer is ``full_attention``: Gated DeltaNet (``linear_attention``) layers refuse.
+released models).
 
 Weights, per layer i (ours <-> HF ``model.layers.{i}.``): attn_norm <-> input_layernorm, ffn_norm <->
 post_attention_layernorm, attn.q_proj (queries, then the gate's rows, ours) <-> self_attn.q_proj (per head
@@ -13,6 +14,12 @@ self_attn.*; dense ffn.* <-> mlp.*; MoE: router <-> mlp.gate, w_gate/w_up (E, d,
 gate_up_proj (E, 2I, d), w_down (E, I, d) <-> mlp.experts.down_proj (E, d, I), shared_expert(_gate) <->
 mlp.shared_expert(_gate). HF's ``attention_bias`` puts biases on q, k, v and o alike: ours are
 ``attention.qkv_bias`` and ``attention.o_bias``, and the one we lack is written as zeros.
+
+Gated DeltaNet layers: linear_attn.{conv1d, dt_bias, A_log, norm, out_proj} are the same tensors (the gated
+RMSNorm's weight is plain in both); HF's in_proj_qkvz holds, per key head h, ``[q_h | k_h | v_group(h) |
+z_group(h)]`` and in_proj_ba ``[b_group(h) | a_group(h)]``, where group(h) are the value heads key head h
+serves; ours are ``[q | k | v | z]`` and ``[b | a]`` (deltanet.py). The chunk size is ours only (the
+function does not depend on it).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from .hf_convert import hf_rope_parameters, rope_from_hf
 from .layout import from_layout, to_layout
 from .model import GatedLM
 
-FULL_ATTENTION = "full_attention"
+FULL_ATTENTION, LINEAR_ATTENTION = "full_attention", "linear_attention"
 _NORMS = ("attn_norm", "ffn_norm")
 _HF_NORMS = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
 
@@ -51,14 +58,14 @@ def qwen3_next_blockers(cfg: ModelConfig) -> list[str]:
 
 
 def to_qwen3_next_config(cfg: ModelConfig, **overrides):
-    """The HF ``Qwen3NextConfig`` (all layers full attention) computing the same function as ``cfg``."""
+    """The HF ``Qwen3NextConfig`` computing the same function as ``cfg``."""
     from transformers import Qwen3NextConfig
 
     blockers = qwen3_next_blockers(cfg)
     if blockers:
         raise GatedAttnError(f"Qwen3-Next cannot represent {', '.join(blockers)}; it has a G1 elementwise "
                              "sigmoid gate with QK-norm and no sink peers")
-    a, m = cfg.attention, cfg.moe
+    a, m, la = cfg.attention, cfg.moe, cfg.linear_attention
     rope, max_pos = hf_rope_parameters(cfg)
     rope["partial_rotary_factor"] = cfg.rope.partial_rotary_factor  # Qwen3-Next's default is 0.25: always say
     kwargs = dict(
@@ -67,7 +74,10 @@ def to_qwen3_next_config(cfg: ModelConfig, **overrides):
         head_dim=a.head_dim, hidden_act="silu", max_position_embeddings=max_pos, rms_norm_eps=cfg.norm_eps,
         initializer_range=cfg.initializer_range, tie_word_embeddings=cfg.tie_embeddings,
         bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, rope_parameters=rope,
-        attention_bias=a.qkv_bias or a.o_bias, layer_types=[FULL_ATTENTION] * cfg.num_layers,
+        attention_bias=a.qkv_bias or a.o_bias, layer_types=cfg.resolved_layer_types,
+        linear_num_key_heads=la.num_key_heads, linear_num_value_heads=la.num_value_heads,
+        linear_key_head_dim=la.key_head_dim, linear_value_head_dim=la.value_head_dim,
+        linear_conv_kernel_dim=la.conv_kernel_size,
         num_experts=m.num_experts, num_experts_per_tok=m.top_k, moe_intermediate_size=m.expert_ffn_dim,
         shared_expert_intermediate_size=m.shared_expert_ffn_dim, norm_topk_prob=m.norm_topk_prob,
         decoder_sparse_step=1, mlp_only_layers=[], router_aux_loss_coef=m.load_balance_coef)
@@ -90,9 +100,14 @@ def to_qwen3_next_state_dict(model: GatedLM) -> dict[str, torch.Tensor]:
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = model.lm_head.weight
     for i, layer in enumerate(model.layers):
-        p, attn = f"model.layers.{i}.", layer.attn
+        p = f"model.layers.{i}."
         for ours in _NORMS:
             out[f"{p}{_HF_NORMS[ours]}.weight"] = norm(getattr(layer, ours).weight)
+        _ffn_to_hf(cfg, layer.ffn, p, out)
+        if layer.layer_type == LINEAR_ATTENTION:
+            _deltanet_to_hf(layer.linear_attn, f"{p}linear_attn.", out)
+            continue
+        attn = layer.attn
         gate_rows = attn.q_proj.weight[H * D:] if attn.fused_gate else attn.gate.proj.weight
         q = torch.cat([attn.q_proj.weight[:H * D], gate_rows])
         out[f"{p}self_attn.q_proj.weight"] = to_layout(q, "qwen3_next", H, K, D, D)
@@ -109,18 +124,51 @@ def to_qwen3_next_state_dict(model: GatedLM) -> dict[str, torch.Tensor]:
             out[f"{p}self_attn.o_proj.bias"] = attn.o_proj.bias if a.o_bias else zeros(cfg.d_model)
         out[f"{p}self_attn.q_norm.weight"] = norm(attn.q_norm.weight)
         out[f"{p}self_attn.k_norm.weight"] = norm(attn.k_norm.weight)
-        ffn = layer.ffn
-        if cfg.moe.num_experts:
-            out[f"{p}mlp.gate.weight"] = ffn.router.weight
-            out[f"{p}mlp.experts.gate_up_proj"] = torch.cat([ffn.w_gate, ffn.w_up], 2).transpose(1, 2).contiguous()
-            out[f"{p}mlp.experts.down_proj"] = ffn.w_down.transpose(1, 2).contiguous()
-            for name in ("gate_proj", "up_proj", "down_proj"):
-                out[f"{p}mlp.shared_expert.{name}.weight"] = getattr(ffn.shared_expert, name).weight
-            out[f"{p}mlp.shared_expert_gate.weight"] = ffn.shared_expert_gate.weight
-        else:
-            for name in ("gate_proj", "up_proj", "down_proj"):
-                out[f"{p}mlp.{name}.weight"] = getattr(ffn, name).weight
     return out
+
+
+def _ffn_to_hf(cfg: ModelConfig, ffn, p: str, out: dict) -> None:
+    if cfg.moe.num_experts:
+        out[f"{p}mlp.gate.weight"] = ffn.router.weight
+        out[f"{p}mlp.experts.gate_up_proj"] = torch.cat([ffn.w_gate, ffn.w_up], 2).transpose(1, 2).contiguous()
+        out[f"{p}mlp.experts.down_proj"] = ffn.w_down.transpose(1, 2).contiguous()
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            out[f"{p}mlp.shared_expert.{name}.weight"] = getattr(ffn.shared_expert, name).weight
+        out[f"{p}mlp.shared_expert_gate.weight"] = ffn.shared_expert_gate.weight
+    else:
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            out[f"{p}mlp.{name}.weight"] = getattr(ffn, name).weight
+
+
+_DELTANET_SAME = ("conv1d.weight", "dt_bias", "A_log", "norm.weight", "out_proj.weight")
+
+
+def _deltanet_split(net) -> tuple[list[int], list[int]]:
+    """Rows per key head of in_proj_qkvz ([q, k, v group, z group]) and of in_proj_ba ([b group, a group])."""
+    group = net.num_v_heads // net.num_k_heads
+    return [net.k_head_dim, net.k_head_dim, group * net.v_head_dim, group * net.v_head_dim], [group, group]
+
+
+def _deltanet_to_hf(net, p: str, out: dict) -> None:
+    Hk, d = net.num_k_heads, net.out_proj.out_features
+    qkvz_rows, ba_rows = _deltanet_split(net)
+    parts = net.in_proj_qkvz.weight.split([r * Hk for r in qkvz_rows])  # ours: [q | k | v | z]
+    out[f"{p}in_proj_qkvz.weight"] = torch.cat([x.reshape(Hk, -1, d) for x in parts], 1).reshape(-1, d)
+    parts = net.in_proj_ba.weight.split([r * Hk for r in ba_rows])  # ours: [b | a]
+    out[f"{p}in_proj_ba.weight"] = torch.cat([x.reshape(Hk, -1, d) for x in parts], 1).reshape(-1, d)
+    for name in _DELTANET_SAME:
+        out[p + name] = net.get_parameter(name)
+
+
+def _deltanet_from_hf(net, p: str, hf_state: dict, q: str, state: dict) -> None:
+    Hk = net.num_k_heads
+    qkvz_rows, ba_rows = _deltanet_split(net)
+    for name, rows in (("in_proj_qkvz.weight", qkvz_rows), ("in_proj_ba.weight", ba_rows)):
+        w = hf_state[p + name]
+        parts = w.reshape(Hk, -1, w.shape[-1]).split(rows, 1)
+        state[q + name] = torch.cat([x.reshape(-1, w.shape[-1]) for x in parts])
+    for name in _DELTANET_SAME:
+        state[q + name] = hf_state[p + name]
 
 
 @torch.no_grad()
@@ -139,12 +187,12 @@ def to_qwen3_next(model: GatedLM, **config_overrides):
 
 
 def from_qwen3_next_config(hf_config) -> ModelConfig:
-    """Our config for an HF Qwen3-Next config whose layers are all full attention."""
+    """Our config for an HF Qwen3-Next config."""
     layer_types = list(hf_config.layer_types)
-    linear = [i for i, t in enumerate(layer_types) if t != FULL_ATTENTION]
-    if linear:
-        raise GatedAttnError(f"Qwen3-Next layers {linear} are {layer_types[linear[0]]} (Gated DeltaNet), which "
-                             "GatedLM lacks; only checkpoints with every layer full_attention import")
+    unknown = sorted({t for t in layer_types} - {FULL_ATTENTION, LINEAR_ATTENTION})
+    if unknown:
+        raise GatedAttnError(f"Qwen3-Next layer type {unknown[0]!r} has no GatedLM counterpart; allowed: "
+                             f"{FULL_ATTENTION}, {LINEAR_ATTENTION}")
     if getattr(hf_config, "hidden_act", "silu") != "silu":
         raise GatedAttnError("only SwiGLU MLPs (hidden_act=silu) convert to a GatedLM")
     experts = int(hf_config.num_experts or 0)
@@ -175,12 +223,17 @@ def from_qwen3_next_config(hf_config) -> ModelConfig:
                        gate=dict(position="g1", granularity="elementwise")),
         rope=dict(theta=rope.theta, partial_rotary_factor=rope.partial_rotary_factor,
                   scaling=rope.scaling.to_hf_dict() if rope.scaling is not None else None),
-        moe=moe))
+        moe=moe, layer_types=layer_types,
+        linear_attention=dict(num_key_heads=hf_config.linear_num_key_heads,
+                              num_value_heads=hf_config.linear_num_value_heads,
+                              key_head_dim=hf_config.linear_key_head_dim,
+                              value_head_dim=hf_config.linear_value_head_dim,
+                              conv_kernel_size=hf_config.linear_conv_kernel_dim)))
 
 
 @torch.no_grad()
 def from_qwen3_next(hf_model) -> GatedLM:
-    """A GatedLM with the weights of an HF ``Qwen3NextForCausalLM`` (all layers full attention)."""
+    """A GatedLM with the weights of an HF ``Qwen3NextForCausalLM``."""
     cfg = from_qwen3_next_config(hf_model.config)
     model = GatedLM(cfg)
     param = next(hf_model.parameters())
@@ -199,6 +252,10 @@ def from_qwen3_next(hf_model) -> GatedLM:
         p, q = f"model.layers.{i}.", f"layers.{i}."
         for ours in _NORMS:
             state[f"{q}{ours}.weight"] = hf_state[f"{p}{_HF_NORMS[ours]}.weight"]
+        _ffn_from_hf(cfg, p, hf_state, q, state)
+        if model.layers[i].layer_type == LINEAR_ATTENTION:
+            _deltanet_from_hf(model.layers[i].linear_attn, f"{p}linear_attn.", hf_state, f"{q}linear_attn.", state)
+            continue
         state[f"{q}attn.q_proj.weight"] = from_layout(hf_state[f"{p}self_attn.q_proj.weight"], "qwen3_next", H, K,
                                                       D, D)
         for name in ("k_proj", "v_proj", "o_proj"):
@@ -210,22 +267,25 @@ def from_qwen3_next(hf_model) -> GatedLM:
                 state[f"{q}attn.{name}.bias"] = hf_state[f"{p}self_attn.{name}.bias"]
         for name in ("q_norm", "k_norm"):
             state[f"{q}attn.{name}.weight"] = hf_state[f"{p}self_attn.{name}.weight"]
-        if cfg.moe.num_experts:
-            state[f"{q}ffn.router.weight"] = hf_state[f"{p}mlp.gate.weight"]
-            gate_up = hf_state[f"{p}mlp.experts.gate_up_proj"].transpose(1, 2)  # (E, d, 2I)
-            state[f"{q}ffn.w_gate"], state[f"{q}ffn.w_up"] = gate_up.chunk(2, dim=2)
-            state[f"{q}ffn.w_down"] = hf_state[f"{p}mlp.experts.down_proj"].transpose(1, 2)
-            for name in ("gate_proj", "up_proj", "down_proj"):
-                state[f"{q}ffn.shared_expert.{name}.weight"] = hf_state[f"{p}mlp.shared_expert.{name}.weight"]
-            state[f"{q}ffn.shared_expert_gate.weight"] = hf_state[f"{p}mlp.shared_expert_gate.weight"]
-        else:
-            for name in ("gate_proj", "up_proj", "down_proj"):
-                state[f"{q}ffn.{name}.weight"] = hf_state[f"{p}mlp.{name}.weight"]
     state["embed.weight"] = hf_state["model.embed_tokens.weight"]
     state["norm.weight"] = hf_state["model.norm.weight"]
     state["lm_head.weight"] = state["embed.weight"] if cfg.tie_embeddings else hf_state["lm_head.weight"]
     model.load_state_dict({k: v.contiguous() for k, v in state.items()})
     return model.eval()
+
+
+def _ffn_from_hf(cfg: ModelConfig, p: str, hf_state: dict, q: str, state: dict) -> None:
+    if cfg.moe.num_experts:
+        state[f"{q}ffn.router.weight"] = hf_state[f"{p}mlp.gate.weight"]
+        gate_up = hf_state[f"{p}mlp.experts.gate_up_proj"].transpose(1, 2)  # (E, d, 2I)
+        state[f"{q}ffn.w_gate"], state[f"{q}ffn.w_up"] = gate_up.chunk(2, dim=2)
+        state[f"{q}ffn.w_down"] = hf_state[f"{p}mlp.experts.down_proj"].transpose(1, 2)
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            state[f"{q}ffn.shared_expert.{name}.weight"] = hf_state[f"{p}mlp.shared_expert.{name}.weight"]
+        state[f"{q}ffn.shared_expert_gate.weight"] = hf_state[f"{p}mlp.shared_expert_gate.weight"]
+    else:
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            state[f"{q}ffn.{name}.weight"] = hf_state[f"{p}mlp.{name}.weight"]
 
 
 __all__ = ["from_qwen3_next", "from_qwen3_next_config", "qwen3_next_blockers", "to_qwen3_next",

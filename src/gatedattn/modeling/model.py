@@ -6,7 +6,8 @@ HF-style API: ``GatedLM(config)``, ``model(input_ids).logits``, ``save_pretraine
 Hook points for probes (module names): ``hook_embed``; per layer ``layers.{i}.hook_resid_mid`` (after the
 attention residual add) and ``layers.{i}.hook_resid_post`` (after the block); and inside attention
 ``layers.{i}.attn.{hook_q, hook_k, hook_v, hook_attn_probs (eager only), hook_attn_out (SDPA output, before
-the gate), hook_gated_out, hook_out}`` and ``layers.{i}.attn.gate.hook_score``.
+the gate), hook_gated_out, hook_out}`` and ``layers.{i}.attn.gate.hook_score``. Gated DeltaNet layers
+(``model.layer_types``) hold ``layers.{i}.linear_attn`` instead, with ``hook_state_out``.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig, model_config_from_dict
+from ..config import ModelConfig, compact_layer_types, model_config_from_dict
 from ..errors import GatedAttnError
 from ..fileio import read_json_object
 from .attention import Attention
 from .cache import KVCache
+from .deltanet import GatedDeltaNet
 from .ffn import MoE, build_ffn
 from .hooks import HookPoint
 from .norm import RMSNorm
@@ -50,10 +52,16 @@ class GatedLMOutput:
 
 
 class Block(nn.Module):
+    """Pre-norm block; its token mixer is ``attn`` (full_attention) or ``linear_attn`` (Gated DeltaNet)."""
+
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
+        self.layer_type = cfg.resolved_layer_types[layer_idx]
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_zero_centered)
-        self.attn = Attention(cfg, layer_idx)
+        if self.layer_type == "linear_attention":
+            self.linear_attn = GatedDeltaNet(cfg, layer_idx)
+        else:
+            self.attn = Attention(cfg, layer_idx)
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_zero_centered)
         self.ffn = build_ffn(cfg)
         if cfg.sandwich_norm:  # norm the sub-layer output too, before the residual add
@@ -63,7 +71,8 @@ class Block(nn.Module):
         self.hook_resid_mid, self.hook_resid_post = HookPoint(), HookPoint()
 
     def forward(self, h, cos, sin, cache=None):
-        a = self.attn(self.attn_norm(h), cos, sin, cache)
+        x = self.attn_norm(h)
+        a = self.linear_attn(x, cache) if self.layer_type == "linear_attention" else self.attn(x, cos, sin, cache)
         h = self.hook_resid_mid(h + (self.attn_post_norm(a) if self.sandwich else a))
         f = self.ffn(self.ffn_norm(h))
         return self.hook_resid_post(h + (self.ffn_post_norm(f) if self.sandwich else f))
@@ -104,6 +113,9 @@ class GatedLM(nn.Module):
         if self.register_tokens is not None:
             self.register_tokens.normal_(0.0, std)
         for layer in self.layers:
+            if layer.layer_type == "linear_attention":
+                layer.linear_attn.reset_parameters()
+                continue
             layer.attn.reset_gate_parameters()
             if layer.attn.sink_mode == "learned":
                 layer.attn.sink_logit.zero_()
@@ -142,7 +154,7 @@ class GatedLM(nn.Module):
         self._moe_losses(out)
         out.loss = out.lm_loss + out.aux_loss
         kls = [layer.attn.aux.pop("indexer_kl") for layer in self.layers
-               if "indexer_kl" in layer.attn.aux] if self.training else []
+               if layer.layer_type == "full_attention" and "indexer_kl" in layer.attn.aux] if self.training else []
         if kls:  # its gradient reaches the indexers only (detached inputs and targets): no weight needed
             out.indexer_kl = torch.stack(kls).mean()
             out.loss = out.loss + out.indexer_kl
@@ -279,6 +291,8 @@ class GatedLM(nn.Module):
         data.pop("model_type", None)
         if "transformers_version" in data:  # written by transformers: its bookkeeping keys sit beside ours
             data = {k: v for k, v in data.items() if k in MODEL_CONFIG_KEYS}
+            if "layer_types" in data:  # written there as one entry per layer
+                data["layer_types"] = compact_layer_types(data["layer_types"])
         model = cls(model_config_from_dict(data))
         try:
             state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))

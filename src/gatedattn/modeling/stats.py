@@ -2,7 +2,8 @@
 
 FLOPs per token (forward) = 2 x (active matmul parameters, LM head included, embedding lookup excluded)
 + attention scores and weighted sum, 2 x 2 x heads x head_dim per attended key, with a causal query
-attending to (seq_len + 1) / 2 keys on average. A training step costs about 3x the forward.
+attending to (seq_len + 1) / 2 keys on average, + a Gated DeltaNet layer's state update (independent of the
+context). A training step costs about 3x the forward.
 """
 
 from __future__ import annotations
@@ -39,7 +40,13 @@ def model_stats(cfg: ModelConfig, seq_len: int = 2048) -> dict:
     matmul_active = active - embed + (embed if cfg.tie_embeddings else 0)  # the head is a matmul either way
     matmul_active -= sum(p.numel() for n, p in model.named_parameters() if "norm" in n or "register" in n
                          or "sink_logit" in n or n.endswith("gate.vector") or n.endswith("gate.bias"))
-    attn_flops = cfg.num_layers * 4 * a.num_heads * a.head_dim * (seq_len + 1) / 2
+    types = cfg.resolved_layer_types
+    n_attn, n_linear = types.count("full_attention"), types.count("linear_attention")
+    la = cfg.linear_attention
+    # A Gated DeltaNet layer's recurrence per token, whatever the context: decay, read, correct and write the
+    # (key_head_dim x value_head_dim) state of each value head, about 4 multiply-adds per state entry.
+    linear_flops = n_linear * 2 * 4 * la.num_value_heads * la.key_head_dim * la.value_head_dim
+    attn_flops = n_attn * 4 * a.num_heads * a.head_dim * (seq_len + 1) / 2 + linear_flops
     forward = 2 * matmul_active + attn_flops
     layer0 = {n.removeprefix("layers.0."): list(p.shape) for n, p in model.named_parameters()
               if n.startswith("layers.0.")}
@@ -48,7 +55,7 @@ def model_stats(cfg: ModelConfig, seq_len: int = 2048) -> dict:
         "active_params": active,
         "embedding_params": embed if cfg.tie_embeddings else 2 * embed,
         "gate_added_params": gate_added,
-        "gate_added_params_per_layer": gate_added // cfg.num_layers,
+        "gate_added_params_per_layer": gate_added // max(n_attn, 1),  # per gated (full-attention) layer
         "seq_len": seq_len,
         "forward_flops_per_token": forward,
         "train_flops_per_token": 3 * forward,
