@@ -75,7 +75,7 @@ class TaskSpec:
     num_queries: int = 1
     max_new_tokens: int = 128
     metric: str = "all"
-    terminator: str = "\n"  # the answer is one line: decoding stops once it ends (RULER's stop words)
+    terminator: str = "\n"  # every answer is one line: decoding stops once it ends
 
 
 TASKS: dict[str, TaskSpec] = {
