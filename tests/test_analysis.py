@@ -39,13 +39,14 @@ def explicit_stats(q, k, scale, sink_pos, registers=0, sink_logit=None, window=N
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (6, 2)])
 @pytest.mark.parametrize("registers,sink,window", [(0, False, None), (3, False, None), (0, True, None),
                                                    (2, True, 5), (0, False, 7)])
-def test_chunked_stats_match_explicit_softmax(heads, kv_heads, registers, sink, window):
+@pytest.mark.parametrize("single_block", [0, 64], ids=["chunked", "one block"])
+def test_chunked_stats_match_explicit_softmax(heads, kv_heads, registers, sink, window, single_block):
     B, T, D = 2, 45, 8
     q, k = torch.randn(B, heads, T, D, dtype=torch.float64) * 2, torch.randn(B, kv_heads, T, D, dtype=torch.float64) * 2
     sink_logit = torch.randn(heads, dtype=torch.float64) if sink else None
     sink_pos = torch.tensor([registers, registers + 4])  # a different sink position per sequence
     got = attention_head_stats(q, k, 0.3, sink_pos, num_registers=registers, sink_logit=sink_logit,
-                               window=window, query_chunk=7, key_chunk=6)
+                               window=window, query_chunk=7, key_chunk=6, single_block=single_block)
     ref = explicit_stats(q, k, 0.3, sink_pos, registers, sink_logit, window)
     keys = ["first_token_share", "entropy"] + (["register_share"] if registers else []) + (
         ["sink_peer_share"] if sink else [])
@@ -53,6 +54,21 @@ def test_chunked_stats_match_explicit_softmax(heads, kv_heads, registers, sink, 
     for key in keys:
         torch.testing.assert_close(got[key], ref[key], atol=1e-10, rtol=0)
     assert int(got["queries"]) == (T - 1 - registers) + (T - 5 - registers)
+
+
+def test_one_block_equals_the_chunks_with_selection_groups_and_a_sink():
+    B, H, Hk, T, D = 2, 6, 2, 40, 8
+    q, k = torch.randn(B, H, T, D, dtype=torch.float64) * 2, torch.randn(B, Hk, T, D, dtype=torch.float64) * 2
+    selection = torch.randint(0, T, (B, T, 6))
+    selection[..., 0] = 0  # every query may read the sink
+    kw = dict(num_registers=2, sink_logit=torch.randn(H, dtype=torch.float64), window=30, selection=selection,
+              active_queries=torch.rand(B, T) < 0.3)
+    sink_pos = torch.tensor([2, 5])
+    block = attention_head_stats(q, k, 0.3, sink_pos, **kw)
+    chunked = attention_head_stats(q, k, 0.3, sink_pos, query_chunk=5, key_chunk=7, single_block=0, **kw)
+    assert sorted(block) == sorted(chunked)
+    for key, value in chunked.items():
+        torch.testing.assert_close(block[key], value, atol=1e-12, rtol=0)
 
 
 def test_attention_map_is_the_top_left_block_of_the_full_softmax():
@@ -125,7 +141,8 @@ def test_gatedlm_stats_match_eager_attention_probs(overrides):
         for layer in model.layers:
             layer.attn.sink_logit.data.normal_(0, 2)
     ids = torch.randint(0, 256, (2, 40))
-    r = analyze_model(model, ids, progress=False, query_chunk=6, key_chunk=11, map_layers=[0, -1], map_size=12)
+    r = analyze_model(model, ids, progress=False, query_chunk=6, key_chunk=11, single_block=0, map_layers=[0, -1],
+                      map_size=12)
     R = model.num_register_tokens
     for i, p in _eager_probs(model, ids).items():  # p: (B, H, R + T, R + T) without the sink slot
         q = p[:, :, R + 1:]
@@ -183,7 +200,7 @@ def test_hf_stats_match_output_attentions(family):
     model = _hf_models()[family]().double().eval()
     ids = torch.randint(0, 128, (2, 40))
     model.set_attn_implementation("sdpa")
-    r = analyze_model(model, ids, progress=False, query_chunk=7, key_chunk=9, map_layers=[1])
+    r = analyze_model(model, ids, progress=False, query_chunk=7, key_chunk=9, single_block=0, map_layers=[1])
     model.set_attn_implementation("eager")
     r_eager = analyze_model(model, ids, progress=False, map_layers=[1])
     with torch.no_grad():
@@ -215,8 +232,8 @@ def test_hf_guard_stops_when_the_recomputed_attention_disagrees(monkeypatch):
     model = _hf_models()["llama"]().eval()
     real = hf_probes.qkv
 
-    def wrong(attn, args, kwargs):
-        q, k, v = real(attn, args, kwargs)
+    def wrong(attn, seen, position_embeddings):
+        q, k, v = real(attn, seen, position_embeddings)
         return q * 2, k, v  # as if the architecture scaled its logits in a way we do not know
 
     monkeypatch.setattr(hf_probes, "qkv", wrong)
@@ -323,7 +340,8 @@ def test_chunked_active_dormant_split_matches_explicit_softmax():
     q, k = torch.randn(B, H, T, D, dtype=torch.float64) * 2, torch.randn(B, Hk, T, D, dtype=torch.float64) * 2
     sink_pos = torch.tensor([0, 3])
     active = torch.rand(B, T) < 0.3
-    got = attention_head_stats(q, k, 0.4, sink_pos, active_queries=active, query_chunk=5, key_chunk=7)
+    got = attention_head_stats(q, k, 0.4, sink_pos, active_queries=active, query_chunk=5, key_chunk=7,
+                               single_block=0)
     s = q @ k.repeat_interleave(H // Hk, 1).transpose(-1, -2) * 0.4
     p = torch.softmax(s.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf")), -1)
     for group, mask in (("active", active), ("dormant", ~active)):
@@ -354,7 +372,8 @@ def test_lab_probes_match_eager_probs_and_explicit_norms(overrides):
     for i, layer in enumerate(model.layers):
         layer.attn.hook_v.register_forward_hook(lambda m, a, o, i=i: values.__setitem__(i, o))
         layer.hook_resid_post.register_forward_hook(lambda m, a, o, i=i: resid.__setitem__(i, o))
-    r = analyze_model(model, ids, active_queries=active, eps=0.02, progress=False, query_chunk=4, key_chunk=5)
+    r = analyze_model(model, ids, active_queries=active, eps=0.02, progress=False, query_chunk=4, key_chunk=5,
+                      single_block=0)
     R = model.num_register_tokens
     first = torch.zeros(3, 33, dtype=torch.bool)
     first[:, 0] = True

@@ -139,7 +139,7 @@ def test_smollm2_has_attention_sinks_and_massive_activations():
     the sinks and massive activations the gated-attention paper describes for ungated models."""
     target = load_analysis_target("smollm2")
     ids = prepare_ids(target, encode_text(target, load_text(data="shakespeare"), 256), 256, add_bos=False)
-    r = analyze_model(target.model, ids, progress=False, query_chunk=64, key_chunk=100)
+    r = analyze_model(target.model, ids, progress=False, query_chunk=64, key_chunk=100, single_block=0)
     target.model.set_attn_implementation("eager")
     with torch.no_grad():
         out = target.model(ids, output_attentions=True, use_cache=False)

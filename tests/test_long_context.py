@@ -13,7 +13,7 @@ from gatedattn.evaluation.lm import LongContextLM
 from gatedattn.evaluation.long_eval import parse_lengths, summarize_tasks
 from gatedattn.evaluation.position_ppl import bucket_edges, perplexity_window, summarize_perplexity, window_starts
 from gatedattn.evaluation.rope_override import apply_rope, rope_change
-from gatedattn.evaluation.streaming import greedy_generate, token_nll
+from gatedattn.evaluation.streaming import greedy_generate, greedy_generate_batch, token_nll
 
 ORIGINAL = 32
 SCALINGS = {
@@ -79,6 +79,42 @@ def test_generation_stops_at_eos():
     prompt = torch.randint(0, 256, (20,)).tolist()
     first = greedy_generate(_lm(model), prompt, 5)[0]
     assert greedy_generate(_lm(model, eos=first), prompt, 5) == []
+
+
+def _hf_twin():
+    from gatedattn.modeling.hf_convert import to_hf
+
+    return to_hf(_model(SCALINGS["yarn"], **{"attention.qk_norm": False})).eval()
+
+
+@pytest.mark.parametrize("kind", ["ours", "hf"])
+def test_batched_decoding_equals_one_at_a_time(kind):
+    """Mixed prompt lengths: HF rows share one left-padded batch, ours one batch per length."""
+    if kind == "hf":
+        pytest.importorskip("transformers")
+    model = _model(None) if kind == "ours" else _hf_twin()
+    lm, forwards = _lm(model), []
+    model.register_forward_hook(lambda m, a, kw, o: forwards.append(kw.get("input_ids", a[0] if a else None).shape),
+                                with_kwargs=True)
+    prompts = [torch.randint(0, 256, (n,)).tolist() for n in (40, 23, 40, 31)]
+    alone = [greedy_generate(lm, p, 12, chunk_size=16) for p in prompts]
+    forwards.clear()
+    batched = greedy_generate_batch(lm, prompts, 12, chunk_size=16)
+    assert batched == alone and all(len(new) == 12 for new in alone)
+    rows = {shape[0] for shape in forwards}
+    assert rows == ({2, 1} if kind == "ours" else {4})  # ours: lengths 40 (x2), 23, 31; HF: all four at once
+    # Each row stops on its own: at EOS (dropped) or when ``stop`` says its answer is complete (kept).
+    eos = alone[1][5]
+    cut = greedy_generate_batch(_lm(model, eos=eos), prompts, 12, chunk_size=16, stop=lambda new: len(new) == 3)
+    for new, ref in zip(cut, alone):
+        expected = ref[:3]
+        assert new == (expected[:expected.index(eos)] if eos in expected else expected)
+
+
+def test_last_position_logits_equal_the_full_ones():
+    model = _model(None)
+    ids = torch.randint(0, 256, (1, 20))
+    torch.testing.assert_close(model(ids, logits_to_keep=1).logits, model(ids).logits[:, -1:])
 
 
 def test_prefill_feeds_the_model_bounded_chunks():

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..errors import GatedAttnError
 from ..modeling.model import GatedLM
 from .activations import activation_stats, first_token_norm_ratio
-from .attention import attention_head_stats, attention_map
+from .attention import SINGLE_BLOCK, attention_head_stats, attention_map
 from .gates import THRESHOLDS, gate_stats, histogram_edges
 from .selection import selection_stats
 
@@ -38,7 +38,7 @@ def _stop(module, args, output):
 
 class _Recorder:
     def __init__(self, num_registers: int, sink_pos: torch.Tensor, num_tokens: int, map_layers: set[int],
-                 map_size: int, top_k: int, query_chunk: int, key_chunk: int, bar,
+                 map_size: int, top_k: int, query_chunk: int, key_chunk: int, single_block: int, bar,
                  active_queries: torch.Tensor | None = None):
         self.R, self.sink_pos = num_registers, sink_pos
         self.active = None
@@ -47,7 +47,7 @@ class _Recorder:
             self.active = torch.cat([pad, active_queries.cpu().bool()], 1)
         self.first = torch.arange(num_tokens)[None, :] == sink_pos[:, None]  # (B, T): the sink token
         self.map_layers, self.map_size, self.top_k = map_layers, map_size, top_k
-        self.chunks = dict(query_chunk=query_chunk, key_chunk=key_chunk)
+        self.chunks = dict(query_chunk=query_chunk, key_chunk=key_chunk, single_block=single_block)
         self.bar = bar
         self.attn, self.maps, self.acts, self.reg_acts = {}, {}, {}, {}
         self.gates, self.attn_out, self.gated_out = {}, {}, {}
@@ -152,12 +152,15 @@ def _model_info(model: nn.Module) -> dict:
 def analyze_model(model: nn.Module, input_ids, *, sink: str = "first", bos_token_id: int | None = None,
                   eps: float = SINK_EPS, map_layers: list[int] | None = None, map_size: int = 16,
                   top_k: int = 4, query_chunk: int = 256, key_chunk: int = 1024,
-                  active_queries=None, progress: bool = True, desc: str = "analyze") -> dict:
+                  single_block: int = SINGLE_BLOCK, active_queries=None, progress: bool = True,
+                  desc: str = "analyze") -> dict:
     """Attention-sink, massive-activation and gate statistics of ``model`` on ``input_ids`` ((T,) or (B, T)).
 
     ``map_layers`` (default: first, middle, last) get a head-averaged ``map_size`` x ``map_size``
-    attention map of the first positions (registers included). ``active_queries``: a bool mask shaped like
-    the input marking the "active" queries (the rest are "dormant"). Keys are documented in docs/analysis.md.
+    attention map of the first positions (registers included). Attention statistics are computed in one
+    block up to ``single_block`` positions (registers included), else in query_chunk x key_chunk blocks
+    (the same numbers). ``active_queries``: a bool mask shaped like the input marking the "active" queries
+    (the rest are "dormant"). Keys are documented in docs/analysis.md.
     """
     info = _model_info(model)
     ids = torch.as_tensor(input_ids, dtype=torch.long)
@@ -193,8 +196,8 @@ def analyze_model(model: nn.Module, input_ids, *, sink: str = "first", bos_token
     model.eval()
     handles: list = []
     with tqdm(total=len(attention_layers), desc=desc, unit="layer", disable=not progress) as bar:
-        rec = _Recorder(R, sink_pos, ids.shape[1], set(map_layers), map_size, top_k, query_chunk, key_chunk, bar,
-                        active_queries)
+        rec = _Recorder(R, sink_pos, ids.shape[1], set(map_layers), map_size, top_k, query_chunk, key_chunk,
+                        single_block, bar, active_queries)
         try:
             if isinstance(model, GatedLM):
                 _register_gatedlm_probes(model, rec, handles)

@@ -2,6 +2,8 @@
 
 Queries are processed in chunks; for each chunk the keys are visited in chunks with an online
 log-sum-exp (as in flash attention), so memory is O(query_chunk x key_chunk) per head whatever the length.
+Up to ``single_block`` positions the whole sequence is one block instead (one pass, no loop: faster, and
+its T x T scores per head are small at such lengths).
 For every query we keep the running max ``m``, ``l = sum exp(s - m)`` and ``e = sum exp(s - m) (s - m)``;
 then ``log Z = m + log l`` and the entropy is ``log l - e / l``. The logits of the few keys whose share
 we report (the sink token, register tokens) are computed directly and divided by ``Z`` at the end.
@@ -22,6 +24,8 @@ Conventions (documented in docs/analysis.md):
 from __future__ import annotations
 
 import torch
+
+SINGLE_BLOCK = 2048  # up to this many positions, each head's statistics in one block (T x T scores)
 
 
 def allowed_keys(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
@@ -55,7 +59,7 @@ def attention_head_stats(q: torch.Tensor, k: torch.Tensor, scale: float, sink_po
                          num_registers: int = 0, sink_logit: torch.Tensor | None = None,
                          window: int | None = None, active_queries: torch.Tensor | None = None,
                          selection: torch.Tensor | None = None, query_chunk: int = 256,
-                         key_chunk: int = 1024) -> dict[str, torch.Tensor]:
+                         key_chunk: int = 1024, single_block: int = SINGLE_BLOCK) -> dict[str, torch.Tensor]:
     """Mean over counted queries (and the batch) of per-head attention statistics.
 
     q: (B, H, T, D) and k: (B, Hk, T, D), post-RoPE; ``scale`` multiplies q·k; ``sink_pos`` (B,) the
@@ -66,6 +70,8 @@ def attention_head_stats(q: torch.Tensor, k: torch.Tensor, scale: float, sink_po
     with no counted query) and their query counts ``queries_active`` / ``queries_dormant``.
     """
     B, H, T, _ = q.shape
+    if T <= single_block:
+        query_chunk = key_chunk = T
     qg, kg = _grouped(q, k)
     Hk, G = qg.shape[1], qg.shape[2]
     dev = q.device

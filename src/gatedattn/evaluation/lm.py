@@ -47,11 +47,30 @@ class LongContextLM:
 
         return DynamicCache(config=self.model.config)
 
-    def logits(self, ids: torch.Tensor, cache) -> torch.Tensor:
-        """Logits (1, T, V) of the next chunk ``ids`` (1, T), appended to ``cache``."""
+    @property
+    def pads(self) -> bool:
+        """Whether rows of different lengths can share a batch (left padding, per-row positions): HF models,
+        except under dynamic NTK, whose frequencies follow the longest row. Ours take no padding mask."""
         if self.is_ours:
-            return self.model(ids, past_key_values=cache).logits
-        return self.model(input_ids=ids, past_key_values=cache, use_cache=True).logits
+            return False
+        params = getattr(self.model.config, "rope_parameters", None) or {}
+        return params.get("rope_type") != "dynamic"
+
+    def logits(self, ids: torch.Tensor, cache, mask: torch.Tensor | None = None, start: int = 0,
+               last_only: bool = False) -> torch.Tensor:
+        """Logits (B, T, V) of the next chunk ``ids`` (B, T) at positions ``start``.., appended to ``cache``;
+        ``mask`` (B, >= start + T): left padding, zeros before each row's tokens (``pads`` models only);
+        ``last_only``: the last position's logits only (B, 1, V)."""
+        keep = 1 if last_only else 0
+        if self.is_ours:
+            if mask is not None:
+                raise ValueError("our models take no padding mask: batch rows of one length")
+            return self.model(ids, past_key_values=cache, logits_to_keep=keep).logits
+        kw = {}
+        if mask is not None:
+            seen = mask[:, :start + ids.shape[1]]
+            kw = dict(attention_mask=seen, position_ids=(seen.cumsum(-1) - 1).clamp_min(0)[:, start:])
+        return self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=keep, **kw).logits
 
     def count_tokens(self, text: str) -> int:
         return len(self.prefix) + len(self.encode(text))

@@ -24,10 +24,11 @@ from .lm import LongContextLM, load_lm
 from .long_report import format_report, plot
 from .position_ppl import bucket_edges, perplexity_window, summarize_perplexity, window_starts
 from .rope_override import apply_rope, rope_change, rope_description
-from .ruler import PromptTooLong, make_sample, score
-from .streaming import greedy_generate
+from .ruler import TASKS, PromptTooLong, answer_ended, make_sample, score
+from .streaming import greedy_generate_batch
 
 log = logging.getLogger("gatedattn.evaluation")
+BATCH_TOKENS = 16384  # task samples decoded together: at most this many tokens of target length per batch
 
 
 def summarize_tasks(records: Iterable[dict]) -> dict:
@@ -116,23 +117,30 @@ def long_eval(model: str | LongContextLM, lengths: list[int], tasks: list[str], 
     todo = [u for u in todo if u not in too_long]
     bar = _progress(len(units) - len(too_long), len(units) - len(too_long) - len(todo), progress)
     started, tokens = time.time(), 0
+
+    def done(kind: str, length: int, i: int, record: dict, n_tokens: int) -> None:
+        nonlocal tokens
+        run_log.add(kind, length, i, record)
+        tokens += n_tokens
+        bar.update(1)
+        bar.set_postfix(tok_s=f"{tokens / max(time.time() - started, 1e-9):.0f}")
+
     for kind, length, i in todo:
         if kind == "ppl":
-            record = perplexity_window(lm, stream, length, i, starts[i], edges, chunk_size)
-            tokens += length
-        else:
-            sample = prompts[kind, length, i]
-            ids = lm.prefix + lm.encode(sample.prompt)
-            new = greedy_generate(lm, ids, sample.max_new_tokens, chunk_size)
+            done(kind, length, i, perplexity_window(lm, stream, length, i, starts[i], edges, chunk_size), length)
+    for batch in _task_batches([u for u in todo if u[0] != "ppl"]):
+        task = batch[0][0]
+        samples = [prompts[u] for u in batch]
+        ids = [lm.prefix + lm.encode(s.prompt) for s in samples]
+        news = greedy_generate_batch(lm, ids, samples[0].max_new_tokens, chunk_size,
+                                     stop=lambda new, end=TASKS[task].terminator: answer_ended(lm.decode(new), end))
+        for (_, length, i), sample, prompt, new in zip(batch, samples, ids, news):
             prediction = lm.decode(new)
-            record = {"task": kind, "length": length, "index": i, "prompt_tokens": len(ids),
+            record = {"task": task, "length": length, "index": i, "prompt_tokens": len(prompt),
                       "generated_tokens": len(new), "needle_depths": [n.depth for n in sample.needles],
                       "answers": sample.answers, "prediction": prediction,
                       "score": score(prediction, sample.answers, sample.metric)}
-            tokens += len(ids) + len(new)
-        run_log.add(kind, length, i, record)
-        bar.update(1)
-        bar.set_postfix(tok_s=f"{tokens / max(time.time() - started, 1e-9):.0f}")
+            done(task, length, i, record, len(prompt) + len(new))
     bar.close()
     summary = {"settings": settings, "trained_seq_len": lm.trained_seq_len,
                "perplexity": summarize_perplexity(run_log.records("ppl")),
@@ -141,6 +149,19 @@ def long_eval(model: str | LongContextLM, lengths: list[int], tasks: list[str], 
         summary["ruler"]["skipped"] = skipped
     summary["files"] = run_log.finish(summary)
     return summary
+
+
+def _task_batches(units: list[tuple]) -> list[list[tuple]]:
+    """Task units decoded together: the samples of one task and length, at most ``BATCH_TOKENS`` tokens of
+    target length per batch (the batch's KV cache grows with it)."""
+    groups: dict[tuple, list[tuple]] = {}
+    for u in units:
+        groups.setdefault(u[:2], []).append(u)
+    batches = []
+    for (_, length), group in groups.items():
+        rows = max(1, BATCH_TOKENS // length)
+        batches += [group[a:a + rows] for a in range(0, len(group), rows)]
+    return batches
 
 
 def _skip_notices(too_long: dict[tuple, PromptTooLong]) -> dict[str, list[int]]:

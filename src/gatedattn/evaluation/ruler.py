@@ -75,6 +75,7 @@ class TaskSpec:
     num_queries: int = 1
     max_new_tokens: int = 128
     metric: str = "all"
+    terminator: str = "\n"  # every answer is one line: decoding stops once it ends
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -122,6 +123,12 @@ def parse_tasks(spec: str) -> list[str]:
 
 
 # -- scoring ---------------------------------------------------------------------------------------------
+
+def answer_ended(prediction: str, terminator: str) -> bool:
+    """Whether a prediction holds a complete answer: the terminator after some text (a leading one is not
+    the end of an answer)."""
+    return terminator in prediction.lstrip()
+
 
 def postprocess(prediction: str) -> str:
     return re.sub(r"[\x00-\x1f]", "\n", prediction.strip()).strip()

@@ -125,8 +125,10 @@ class GatedLM(nn.Module):
         return 0 if self.register_tokens is None else self.register_tokens.shape[0]
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
-                past_key_values: KVCache | None = None, use_cache: bool = False) -> GatedLMOutput:
-        """input_ids (B, T). ``labels`` are the input ids (shifted inside, -100 = ignore), as in HF."""
+                past_key_values: KVCache | None = None, use_cache: bool = False,
+                logits_to_keep: int = 0) -> GatedLMOutput:
+        """input_ids (B, T). ``labels`` are the input ids (shifted inside, -100 = ignore), as in HF.
+        ``logits_to_keep``: without labels, logits of the last N positions only (0 = all), as in HF."""
         cache = past_key_values if past_key_values is not None else (
             KVCache(len(self.layers)) if use_cache else None)
         past = cache.length if cache is not None else 0
@@ -143,7 +145,7 @@ class GatedLM(nn.Module):
             h = layer(h, cos, sin, cache)
         h = self.norm(h[:, n_reg:])
         if labels is None:
-            out = GatedLMOutput(logits=self.lm_head(h), past_key_values=cache)
+            out = GatedLMOutput(logits=self.lm_head(h[:, -logits_to_keep:]), past_key_values=cache)
             self._moe_losses(out)
             return out
         # Position t predicts token t + 1; the last position has no target (HF shifts labels the same way,
