@@ -241,13 +241,19 @@ def test_a_damaged_shard_is_reported_and_the_previous_checkpoint_resumed(fsdp_ru
     assert _max_diff(_losses(run, after=12), _losses(fsdp_run, after=12)) < 1e-4
 
 
-@pytest.mark.usefixtures("shared_cache")
-def test_a_single_process_checkpoint_resumes_under_fsdp(single, corpus, tmp_path):
+def _rewound_to_step_8(single, tmp_path):
+    """A copy of the single-process run with its last two checkpoints (and its result) removed."""
     run = tmp_path / "run"
     shutil.copytree(single, run)
     for ckpt in checkpoint_dirs(run)[:2]:
         shutil.rmtree(ckpt)
     (run / "result.json").unlink()
+    return run
+
+
+@pytest.mark.usefixtures("shared_cache")
+def test_a_single_process_checkpoint_resumes_under_fsdp(single, corpus, tmp_path):
+    run = _rewound_to_step_8(single, tmp_path)
     r = train(load_config("tiny", {**SETTINGS, "data.source": str(corpus), "train.parallel": "fsdp"}), run,
               progress=False)
     assert r.resumed_from == 8 and r.steps == 16
@@ -257,11 +263,7 @@ def test_a_single_process_checkpoint_resumes_under_fsdp(single, corpus, tmp_path
 @pytest.mark.slow
 @pytest.mark.usefixtures("shared_cache")
 def test_a_single_process_checkpoint_resumes_on_two_fsdp_ranks(single, corpus, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(single, run)
-    for ckpt in checkpoint_dirs(run)[:2]:
-        shutil.rmtree(ckpt)
-    (run / "result.json").unlink()
+    run = _rewound_to_step_8(single, tmp_path)
     _run(corpus, run, "fsdp")
     assert _max_diff(_losses(run, after=8), _losses(single, after=8)) < 1e-4
 

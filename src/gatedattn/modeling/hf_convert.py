@@ -173,12 +173,17 @@ def to_hf_state_dict(model: GatedLM) -> dict[str, torch.Tensor]:
 def to_hf(model: GatedLM, **config_overrides):
     """An HF causal LM with our weights, in our dtype and on our device (e.g. ``attn_implementation=
     "eager"`` goes to the HF config)."""
+    return hf_model_with(model, to_hf_config(model.config, **config_overrides), to_hf_state_dict(model))
+
+
+def hf_model_with(model: GatedLM, hf_config, state_dict: dict[str, torch.Tensor]):
+    """The HF causal LM of ``hf_config`` holding ``state_dict`` (``model``'s weights in HF names), in
+    ``model``'s dtype and on its device; GatedAttnError unless every weight has its place."""
     from transformers import AutoModelForCausalLM
 
-    hf_config = to_hf_config(model.config, **config_overrides)
     param = next(model.parameters())
     hf = AutoModelForCausalLM.from_config(hf_config, dtype=param.dtype).to(param.device)
-    missing, unexpected = hf.load_state_dict(to_hf_state_dict(model), strict=False)
+    missing, unexpected = hf.load_state_dict(state_dict, strict=False)
     missing = [m for m in missing if not (m == "lm_head.weight" and model.config.tie_embeddings)]
     if missing or unexpected:
         raise GatedAttnError(f"HF {type(hf).__name__} weights do not match: missing {missing}, "

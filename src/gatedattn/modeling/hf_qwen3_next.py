@@ -28,7 +28,7 @@ import torch
 
 from ..config import ModelConfig, model_config_from_dict
 from ..errors import GatedAttnError
-from .hf_convert import hf_rope_parameters, rope_from_hf
+from .hf_convert import hf_model_with, hf_rope_parameters, rope_from_hf
 from .layout import from_layout, to_layout
 from .model import GatedLM
 
@@ -174,16 +174,8 @@ def _deltanet_from_hf(net, p: str, hf_state: dict, q: str, state: dict) -> None:
 @torch.no_grad()
 def to_qwen3_next(model: GatedLM, **config_overrides):
     """An HF ``Qwen3NextForCausalLM`` with our weights, in our dtype and on our device."""
-    from transformers import AutoModelForCausalLM
-
-    hf_config = to_qwen3_next_config(model.config, **config_overrides)
-    param = next(model.parameters())
-    hf = AutoModelForCausalLM.from_config(hf_config, dtype=param.dtype).to(param.device)
-    missing, unexpected = hf.load_state_dict(to_qwen3_next_state_dict(model), strict=False)
-    missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_embeddings)]
-    if missing or unexpected:
-        raise GatedAttnError(f"HF Qwen3-Next weights do not match: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    return hf.eval()
+    return hf_model_with(model, to_qwen3_next_config(model.config, **config_overrides),
+                         to_qwen3_next_state_dict(model))
 
 
 def from_qwen3_next_config(hf_config) -> ModelConfig:
