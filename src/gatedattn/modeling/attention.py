@@ -153,7 +153,8 @@ class Attention(nn.Module):
         self.hook_selection(idx_BTJ)
         allowed_BTS = None if dense or gather else selection_mask(idx_BTJ, valid_BTJ, S)
         if self.training:
-            kl_allowed = causal_TS.expand(x_BTC.shape[0], T, S) if dense else selection_mask(idx_BTJ, valid_BTJ, S)
+            kl_allowed = (causal_TS.expand(x_BTC.shape[0], T, S) if dense else allowed_BTS if allowed_BTS is not None
+                          else selection_mask(idx_BTJ, valid_BTJ, S))
             target = main_attention_distribution(q_BHTD.detach(), k_BSKD.detach(), self.scale, kl_allowed)
             self.aux = {"indexer_kl": indexer_kl(target, scores_BTS, kl_allowed)}
         if gather and not dense:
