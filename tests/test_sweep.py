@@ -72,6 +72,9 @@ def test_sign_flip_test_by_hand():
     ({"grid": {"variant": ["none", "g9"]}}, "unknown variant(s) ['g9']"),
     ({"grid": {"lr": [0.1]}}, "neither 'variant' nor a dotted config key"),
     ({"grid": {"variant": ["g1"]}}, "baseline 'none' is not among"),
+    ({"baseline_axis": "train.lr"}, "baseline_axis 'train.lr' is not an axis of the grid"),
+    ({"grid": {"variant": ["g1"], "train.lr": [0.1]}, "baseline_axis": "train.lr", "baseline": "0.2"},
+     "baseline '0.2' is not among the grid's values of 'train.lr'"),
     ({"seeds": [0, 0]}, "seeds must be distinct"),
     ({"tasks": ["lab", "speech"]}, "tasks must list"),
     ({"quick": {"name": "x"}}, "quick may not set ['name']"),
@@ -159,6 +162,16 @@ def test_sweep_end_to_end_statistics_match_the_runs(tmp_path, shared_cache):
     before = _metrics(out)
     run_sweep(spec, SweepSettings(out=out, progress=False))
     assert [p.stat().st_mtime_ns for p in records] == stamps and _metrics(out) == before
+
+    # Paired along another axis (the same runs, reused): each lr against lr 0.001 of the same variant.
+    by_lr = run_sweep(tiny_spec(grid=spec.grid, paper="table4", baseline_axis="train.lr", baseline="1e-3"),
+                      SweepSettings(out=out, progress=False))
+    assert [p.stat().st_mtime_ns for p in records] == stamps
+    cells = {c.cell_id: c for c in by_lr.tasks["lab"]}
+    assert cells["g1_lr=0.001"].baseline is None and cells["g1_lr=0.01"].baseline == "g1_lr=0.001"
+    diffs = [loss[("g1_lr=0.01", s)] - loss[("g1_lr=0.001", s)] for s in (0, 1)]
+    assert cells["g1_lr=0.01"].paired["val_loss"].diff.mean == pytest.approx(sum(diffs) / 2)
+    assert "minus the `train.lr=0.001` cell" in (out / "summary.md").read_text()
 
 
 def test_diverged_runs_are_counted_not_averaged(tmp_path, shared_cache):

@@ -30,7 +30,8 @@ class SweepSpec:
     lab_set: dict = field(default_factory=dict)  # dotted overrides of the sink lab
     grid: dict = field(default_factory=lambda: {VARIANT_AXIS: ["none", "g1"]})  # axis -> values
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    baseline: str = "none"  # the variant every other one is paired against (cells equal on all other axes)
+    baseline: str = "none"  # the value of baseline_axis every other cell is paired against (equal on all other axes)
+    baseline_axis: str = VARIANT_AXIS  # the grid axis whose values are compared, e.g. model.layer_types
     eval_batches: int | None = 16  # held-out batches per run (None = the whole validation split)
     divergence_loss: float | None = None  # final loss above this = diverged (default: ln(vocab), uniform)
     paper: str | None = None  # the paper's table shown beside the results: table1 .. table4
@@ -60,8 +61,12 @@ class SweepSpec:
         bad = [v for v in self.grid.get(VARIANT_AXIS, []) if v not in allowed]
         if bad:
             raise GatedAttnError(f"{where}: unknown variant(s) {bad}; allowed: {', '.join(allowed)}")
-        if VARIANT_AXIS in self.grid and self.baseline not in self.grid[VARIANT_AXIS]:
-            raise GatedAttnError(f"{where}: baseline {self.baseline!r} is not among the grid's variants")
+        if self.baseline_axis != VARIANT_AXIS and self.baseline_axis not in self.grid:
+            raise GatedAttnError(f"{where}: baseline_axis {self.baseline_axis!r} is not an axis of the grid "
+                                 f"({', '.join(self.grid)})")
+        if self.baseline_axis in self.grid and self.baseline_value() is None:
+            raise GatedAttnError(f"{where}: baseline {self.baseline!r} is not among the grid's values of "
+                                 f"{self.baseline_axis!r}: {self.grid[self.baseline_axis]}")
         if not self.seeds or not all(isinstance(s, int) and s >= 0 for s in self.seeds) \
                 or len(set(self.seeds)) != len(self.seeds):
             raise GatedAttnError(f"{where}: seeds must be distinct non-negative integers, got {self.seeds}")
@@ -72,6 +77,11 @@ class SweepSpec:
         if self.paper is not None and self.paper not in ("table1", "table2", "table3", "table4"):
             raise GatedAttnError(f"{where}: paper must be one of table1, table2, table3, table4, got {self.paper!r}")
         return self
+
+    def baseline_value(self):
+        """The grid's value of the baseline axis that ``baseline`` names (YAML may give 1e-3 where the grid
+        has 0.001), or None."""
+        return next((v for v in self.grid.get(self.baseline_axis, []) if _same_value(v, self.baseline)), None)
 
     def cells(self) -> list[dict]:
         """Every combination of the grid's values, as {axis: value}, in grid order."""
@@ -84,6 +94,15 @@ class SweepSpec:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _same_value(a, b) -> bool:
+    if a == b or str(a) == str(b):
+        return True
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
 
 
 _FIELDS = [f.name for f in dataclasses.fields(SweepSpec)]

@@ -129,9 +129,10 @@ def _cell(records: list) -> CellSummary:
 
 
 def _baseline_of(cell: CellSummary, cells: dict, spec: SweepSpec) -> str | None:
-    if VARIANT_AXIS not in cell.cell or cell.cell[VARIANT_AXIS] == spec.baseline:
+    axis, value = spec.baseline_axis, spec.baseline_value()
+    if axis not in cell.cell or cell.cell[axis] == value:
         return None
-    target = {**cell.cell, VARIANT_AXIS: spec.baseline}
+    target = {**cell.cell, axis: value}
     return next((cid for cid, c in cells.items() if c.cell == target), None)
 
 
@@ -223,6 +224,12 @@ _STABILITY_COLUMNS = ("max_grad_norm", "spikes")
 TASK_TITLES = {"lab": "Sink lab (Bigram-Backcopy)", "text": "Natural text"}
 
 
+def _baseline_name(spec: SweepSpec) -> str:
+    if spec.baseline_axis == VARIANT_AXIS:
+        return f"`{spec.baseline}`"
+    return f"`{spec.baseline_axis}={spec.baseline_value()}`"
+
+
 def summary_markdown(summary: SweepSummary, plots: list) -> str:
     spec = summary.spec
     n_seeds = len(spec.seeds)
@@ -231,7 +238,7 @@ def summary_markdown(summary: SweepSummary, plots: list) -> str:
              f"wall time {format_number(summary.wall_s / 60, 2)} min (runs reused from an earlier sweep count "
              "as zero).", "",
              "Each number is the mean over seeds ± the half-width of its 95% Student-t interval. Δ is the cell "
-             f"minus the `{spec.baseline}` cell of the same seed (paired), with its 95% interval; p is the paired "
+             f"minus the {_baseline_name(spec)} cell of the same seed (paired), with its 95% interval; p is the paired "
              "t-test / the exact sign-flip permutation test (two-sided). With n seeds the sign-flip p cannot go "
              f"below 2/2^n ({format_number(2 / 2 ** n_seeds, 2)} here), so a difference needs both the interval "
              "clear of zero and enough seeds before it is called one."]
