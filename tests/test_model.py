@@ -118,6 +118,37 @@ def test_greedy_decoding_with_cache_equals_full_forwards(cfg, implementation):
     assert torch.equal(with_cache, tokens)
 
 
+@pytest.mark.parametrize("cfg", CONFIGS, ids=_ids)
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_static_cache_steps_equal_growing_cache_steps(cfg, implementation):
+    """The static path (whole storage under a mask, position in a tensor: what generate(compile=True)
+    compiles) gives the logits of the ordinary cache, step by step."""
+    from gatedattn.modeling.cache import KVCache
+
+    model = tiny_model(**cfg, **{"attention.implementation": implementation})
+    x = torch.randint(0, 256, (2, 12))
+    growing, static = KVCache(len(model.layers)), KVCache(len(model.layers), capacity=20)
+    torch.testing.assert_close(model(x[:, :5], past_key_values=static).logits,
+                               model(x[:, :5], past_key_values=growing).logits, rtol=0, atol=0)
+    static.start_static()
+    for t in range(5, 12):
+        expected = model(x[:, t:t + 1], past_key_values=growing).logits
+        torch.testing.assert_close(model(x[:, t:t + 1], past_key_values=static).logits, expected,
+                                   rtol=1e-12, atol=1e-12)
+        static.advance_static()
+    assert static.length == growing.length == 12 + model.num_register_tokens
+
+
+def test_compiled_decoding_refuses_linear_and_sparse_layers_before_compiling():
+    from gatedattn.errors import GatedAttnError
+
+    for cfg in ({"layer_types": "full_attention_every_2"},
+                {"attention.sparse": {"type": "dsa", "top_k": 4, "indexer_heads": 2, "indexer_dim": 8}}):
+        model = tiny_model(**cfg)
+        with pytest.raises(GatedAttnError, match="static decoding supports full-attention layers without DSA"):
+            model.generate(torch.randint(0, 256, (1, 6)), max_new_tokens=3, compile=True)
+
+
 @pytest.mark.parametrize("cfg", CONFIGS[:10], ids=_ids)
 def test_chunked_prefill_into_cache_equals_full_forward(cfg):
     model = tiny_model(**cfg)

@@ -1,5 +1,5 @@
 """Fast paths outside modeling/ops equal plain references: the model's shifted loss, the fused RMSNorm,
-bf16 autocast and torch.compile. The ops themselves are tested in tests/test_ops.py."""
+bf16 autocast, torch.compile and compiled decoding. The ops themselves are tested in tests/test_ops.py."""
 
 import pytest
 import torch
@@ -91,3 +91,22 @@ def test_torch_compile_gives_the_eager_logits_loss_and_gradients(position):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     with torch.no_grad():  # the inference path (separate projections) compiles too
         torch.testing.assert_close(compiled(x).logits, eager.logits, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg", [{}, {"attention.gate.position": "g1"},
+                                 {"attention.gate.position": "g1", "attention.sink": "learned",
+                                  "attention.num_register_tokens": 2}], ids=["baseline", "g1", "g1+sink+registers"])
+def test_compiled_decoding_gives_the_eager_tokens_and_follows_weight_updates(cfg):
+    model = tiny_model(**cfg).float()
+    prompts = torch.randint(0, 256, (2, 7))
+    assert torch.equal(model.generate(prompts, max_new_tokens=12, compile=True),
+                       model.generate(prompts, max_new_tokens=12))
+    with torch.no_grad():  # weights changed in place after the compilation: the compiled step must see them
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    sampled = dict(do_sample=True, temperature=0.8, top_k=20)
+    eager = model.generate(prompts[:1], max_new_tokens=12, generator=torch.Generator().manual_seed(3), **sampled)
+    compiled = model.generate(prompts[:1], max_new_tokens=12, generator=torch.Generator().manual_seed(3),
+                              compile=True, **sampled)
+    assert torch.equal(compiled, eager)

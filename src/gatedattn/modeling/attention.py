@@ -201,7 +201,9 @@ class Attention(nn.Module):
             y_BHTD = self._sparse(x_BTC, q_BHTD, k_BSKD, v_BSKD, cos, sin, cache)
         else:
             attend = self._sdpa if self.implementation == "sdpa" else self._eager
-            y_BHTD = attend(q_BHTD, k_BSKD.transpose(1, 2), v_BSKD.transpose(1, 2), past=k_BSKD.shape[1] - T)
+            static = cache is not None and cache.position is not None  # the whole storage, masked
+            y_BHTD = attend(q_BHTD, k_BSKD.transpose(1, 2), v_BSKD.transpose(1, 2), past=k_BSKD.shape[1] - T,
+                            allowed=cache.static_mask() if static else None)
         y_BTHD = self.hook_attn_out(self._output_nonlinearity(y_BHTD.transpose(1, 2)))
         if gate_position == "g1":  # the paper's default: each head's SDPA output, gated before o_proj
             y_BTHD = self.gate(y_BTHD, x_BTC, gate_logits)

@@ -5,6 +5,11 @@ and its recurrent state (fixed size).
 Storage is allocated at ``capacity`` positions (``generate`` passes its final length, so nothing is ever
 reallocated while decoding) and grows by doubling beyond that, so appending one token is a copy into
 preallocated memory rather than a concatenation of the whole history.
+
+Static decoding (``start_static``, for a compiled decoding step): every later one-token step writes at the
+position held in a tensor, ``position``, and attention reads the whole allocated storage under the mask
+``static_mask``, so every step has the same shapes and reads no Python-side length; ``advance_static``
+moves the position on outside the compiled step.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ class KVCache:
         self._state: list[torch.Tensor | None] = [None] * num_layers
         self._len = [0] * num_layers
         self.capacity = capacity  # positions allocated at the first update (generate: its final length)
+        self.position: torch.Tensor | None = None  # static decoding: the (1,) position the next token takes
 
     @property
     def length(self) -> int:
@@ -45,7 +51,12 @@ class KVCache:
         return buf[:, :end]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append k, v of shape (B, T, kv_heads, head_dim); return the whole cached history."""
+        """Append k, v of shape (B, T, kv_heads, head_dim); return the whole cached history (static
+        decoding: the whole storage, to be read under ``static_mask``)."""
+        if self.position is not None:
+            self._k[layer].index_copy_(1, self.position, k)
+            self._v[layer].index_copy_(1, self.position, v)
+            return self._k[layer], self._v[layer]
         start = self._len[layer]
         k_all, v_all = self._append(self._k, layer, start, k), self._append(self._v, layer, start, v)
         self._len[layer] = start + k.shape[1]
@@ -55,6 +66,28 @@ class KVCache:
         """Append a DSA layer's indexer keys (B, T, indexer_dim), after ``update`` of the same layer and step;
         return the whole history."""
         return self._append(self._index_k, layer, self._len[layer] - k.shape[1], k)
+
+    def start_static(self) -> None:
+        """Switch to static decoding of one token per step; needs full-attention layers only, allocated to
+        the final length (``capacity``)."""
+        if any(x is not None for x in self._index_k + self._state):
+            raise GatedAttnError("static decoding supports full-attention layers without DSA; this cache holds "
+                                 "Gated DeltaNet or indexer state")
+        if any(k is None for k in self._k) or len({k.shape[1] for k in self._k}) != 1:
+            raise GatedAttnError("static decoding starts after a prefill of every layer")
+        for buf in self._k + self._v:  # masked slots still enter the products: no garbage (NaN) in them
+            buf[:, self.length:].zero_()
+        self.position = torch.tensor([self.length], device=self._k[0].device)
+
+    def static_mask(self) -> torch.Tensor:
+        """(1, 1, capacity) boolean: the positions the current static step may attend to."""
+        size = self._k[0].shape[1]
+        return (torch.arange(size, device=self.position.device) <= self.position)[None, None]
+
+    def advance_static(self) -> None:
+        """After a static step: one more position cached (the caller keeps it below the storage's size)."""
+        self.position += 1
+        self._len = [n + 1 for n in self._len]
 
     def truncate(self, length: int) -> None:
         """Forget every position from ``length`` on (the storage stays allocated for the next appends)."""

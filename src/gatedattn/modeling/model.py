@@ -131,13 +131,14 @@ class GatedLM(nn.Module):
         ``logits_to_keep``: without labels, logits of the last N positions only (0 = all), as in HF."""
         cache = past_key_values if past_key_values is not None else (
             KVCache(len(self.layers)) if use_cache else None)
-        past = cache.length if cache is not None else 0
+        static = cache is not None and cache.position is not None  # a compiled step reads no Python length
+        past = cache.length if cache is not None and not static else 0
         h = self.embed(input_ids)
-        n_reg = self.num_register_tokens if past == 0 else 0
+        n_reg = self.num_register_tokens if past == 0 and not static else 0
         if n_reg:  # learnable register tokens lead every sequence; their outputs are dropped
             h = torch.cat([self.register_tokens.to(h.dtype).expand(h.shape[0], -1, -1), h], 1)
         h = self.hook_embed(h)
-        positions = torch.arange(past, past + h.shape[1], device=h.device)
+        positions = cache.position if static else torch.arange(past, past + h.shape[1], device=h.device)
         if cache is not None and cache.rope_seq_len is None:  # dynamic NTK: one length per cached sequence
             cache.rope_seq_len = past + h.shape[1]
         cos, sin = self.rotary(positions, h.dtype, cache.rope_seq_len if cache is not None else None)
@@ -179,7 +180,7 @@ class GatedLM(nn.Module):
                  eos_token_id: int | list[int] | None = None, generator: torch.Generator | None = None, *,
                  attention_mask: torch.Tensor | None = None, num_return_sequences: int = 1,
                  repetition_penalty: float = 1.0, stop_strings: str | list[str] | None = None, tokenizer=None,
-                 pad_token_id: int | None = None, **unsupported) -> torch.Tensor:
+                 pad_token_id: int | None = None, compile: bool = False, **unsupported) -> torch.Tensor:
         """Greedy or sampled continuation with the KV cache; returns prompt + new tokens (B', T + n) with
         B' = B x ``num_return_sequences`` (each prompt's samples side by side), as HF's ``generate``.
 
@@ -190,6 +191,10 @@ class GatedLM(nn.Module):
         ``tokenizer``, anything with ``decode(ids)``); later positions hold ``pad_token_id`` (default: the
         first EOS id). Other HF arguments (beam search, ...) raise a one-line error naming them; transformers'
         own ``generate`` runs on ``gatedattn.hf.GatedAttnForCausalLM.from_gatedlm(model)``.
+
+        ``compile``: decode on a static cache with a ``torch.compile``d step (same tokens; 1.6-1.8x the eager
+        tokens/s at batch 1 on CPU, docs/performance.md) after a one-off compilation of 10-50 s per model and
+        storage size; full-attention models without DSA only.
         """
         if unsupported:
             raise GatedAttnError(f"generate: unsupported argument(s) {', '.join(sorted(unsupported))}; supported: "
@@ -221,7 +226,7 @@ class GatedLM(nn.Module):
                                  "ask for fewer new tokens")
         decode = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
                       top_k=top_k, repetition_penalty=repetition_penalty, eos=eos, fill=fill,
-                      stop_strings=stop_strings, tokenizer=tokenizer, generator=generator)
+                      stop_strings=stop_strings, tokenizer=tokenizer, generator=generator, compile=compile)
         B, T = input_ids.shape
         # Inference mode skips autograd's bookkeeping on every op (per-op overhead dominates batch-1
         # decoding); the result is cloned out of it so that callers may train on it.
@@ -239,13 +244,22 @@ class GatedLM(nn.Module):
             return out.clone()
 
     def _decode(self, input_ids, max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty, eos,
-                fill, stop_strings, tokenizer, generator):
+                fill, stop_strings, tokenizer, generator, compile):
         B, T = input_ids.shape
-        # Cache and output are allocated once at their final length: no regrowth while decoding.
-        cache = KVCache(len(self.layers), capacity=self.num_register_tokens + T + max_new_tokens)
+        # Cache and output are allocated once at their final length: no regrowth while decoding. A compiled
+        # step is specialised to the storage's size: rounding it up lets nearby lengths share one compilation.
+        capacity = self.num_register_tokens + T + max_new_tokens
+        if compile:
+            capacity = -(-capacity // STATIC_CACHE_QUANTUM) * STATIC_CACHE_QUANTUM
+        cache = KVCache(len(self.layers), capacity=capacity)
         tokens = input_ids.new_empty(B, T + max_new_tokens)
         tokens[:, :T] = input_ids
-        logits = self(input_ids, past_key_values=cache).logits[:, -1]
+        logits = self(input_ids, past_key_values=cache, logits_to_keep=1).logits[:, -1]
+        step = self._step
+        if compile:
+            cache.start_static()
+            step = torch.compile(self._step, fullgraph=True, dynamic=False, options=DECODE_COMPILE_OPTIONS)
+            step_ids = tokens.new_empty(B, 1)  # one input buffer: the compiled step sees the same tensor each time
         done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
         eos_ids = torch.tensor(eos, device=input_ids.device) if eos else None
         n = T
@@ -262,10 +276,18 @@ class GatedLM(nn.Module):
             for i in (~done).nonzero().flatten().tolist() if stop_strings else ():
                 text = tokenizer.decode(tokens[i, T:n].tolist())
                 done[i] = any(s in text for s in stop_strings)
-            if (eos or stop_strings) and bool(done.all()):
-                break
-            logits = self(tokens[:, n - 1:n], past_key_values=cache).logits[:, -1]
+            if n == T + max_new_tokens or ((eos or stop_strings) and bool(done.all())):
+                break  # no forward for a token that will not be sampled
+            if compile:
+                logits = step(step_ids.copy_(nxt[:, None]), cache)
+                cache.advance_static()
+            else:
+                logits = step(tokens[:, n - 1:n], cache)
         return tokens[:, :n]
+
+    def _step(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One decoding step: the next-token logits (B, vocab); ``generate(compile=True)`` compiles it."""
+        return self(ids, past_key_values=cache).logits[:, -1]
 
     # -- persistence -------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
@@ -314,7 +336,11 @@ class GatedLM(nn.Module):
 
 GENERATE_ARGS = ("input_ids", "max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "eos_token_id",
                  "generator", "attention_mask", "num_return_sequences", "repetition_penalty", "stop_strings",
-                 "tokenizer", "pad_token_id")
+                 "tokenizer", "pad_token_id", "compile")
+# generate(compile=True): inductor options chosen by measurement (docs/performance.md): frozen weights and
+# the C++ wrapper beat the default; the static cache is allocated in multiples of the quantum.
+DECODE_COMPILE_OPTIONS = {"freezing": True, "cpp_wrapper": True}
+STATIC_CACHE_QUANTUM = 256
 
 
 def prompt_lengths(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[int]:
