@@ -1,16 +1,43 @@
 """KV-cache decoding at batch 1 against HF ``generate``: tokens/s of greedy continuation, same shapes.
 
-Our ``GatedLM.generate`` and HF transformers' ``Qwen3ForCausalLM.generate`` (greedy, batch 1, no early stop)
-produce the same number of new tokens from the same prompt, interleaved; the figure is the median over
-rounds of HF time / our time. Target: >= 2x.
+Our ``GatedLM.generate``, eager and with ``compile=True`` (static cache, compiled step), and HF transformers'
+``Qwen3ForCausalLM.generate`` (greedy, batch 1, no early stop) produce the same number of new tokens from
+the same prompt, interleaved; the compilation falls in the warm-up rounds. The ratio is the median over
+rounds of HF time / our time, with the ratio of the fastest rounds beside it. Target: >= 2x.
+
+The floor is what memory traffic alone allows: per token, decoding reads every weight once (the tied
+embedding as the output layer) and the KV cache (its mean length over the run); the floor time is a copy of
+that many bytes, measured in the same run. The weights of ``small`` fit in this CPU's L3 cache, so the copy
+runs at cache, not DRAM, bandwidth.
 """
 
 from __future__ import annotations
+
+import time
 
 import torch
 
 import harness
 from gatedattn import GatedLM, load_config
+
+
+def bytes_per_token(model: GatedLM, mean_cached: float) -> int:
+    """Weights (each tensor once: tied weights are one tensor) plus the mean KV cache read per token."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    a, p = model.config.attention, next(model.parameters())
+    kv = 2 * len(model.layers) * a.num_kv_heads * a.head_dim * mean_cached * p.element_size()
+    return int(weights + kv)
+
+
+def copy_seconds(nbytes: int, rounds: int) -> float:
+    """Fastest of ``rounds`` copies of ``nbytes`` between two warm buffers."""
+    src, dst = torch.ones(nbytes // 4), torch.empty(nbytes // 4)
+    best = float("inf")
+    for _ in range(rounds + 2):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def main(argv=None) -> dict:
@@ -20,13 +47,14 @@ def main(argv=None) -> dict:
     p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--dtypes", default="fp32", help="fp32 and/or bf16 (weights cast, no autocast)")
+    p.add_argument("--no-compile", action="store_true", help="leave out generate(compile=True)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     base = load_config(args.preset)
     prompt = torch.randint(0, base.model.vocab_size, (1, args.prompt_len))
     n = args.new_tokens
-    cases = {}
+    cases, floors = {}, {}
     for dtype in args.dtypes.split(","):
         torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
         peer = harness.hf_peer(base.model).to(torch_dtype).eval()
@@ -36,20 +64,32 @@ def main(argv=None) -> dict:
         for gate in args.gates.split(","):
             cfg = load_config(args.preset, {"model.attention.gate.position": gate})
             ours = GatedLM(cfg.model).to(torch_dtype).eval()
-            cases[f"ours gate={gate} {dtype}"] = lambda m=ours: m.generate(prompt, max_new_tokens=n)
+            cases[f"ours gate={gate} eager {dtype}"] = lambda m=ours: m.generate(prompt, max_new_tokens=n)
+            if not args.no_compile:
+                cases[f"ours gate={gate} compiled {dtype}"] = \
+                    lambda m=ours: m.generate(prompt, max_new_tokens=n, compile=True)
+            floors[f"gate={gate} {dtype}"] = bytes_per_token(ours, args.prompt_len + n / 2)
     times = harness.interleaved(cases, args.rounds, args.warmup, progress="decode")
     rows = []
     for name in cases:
-        who, *_, dtype = name.split()
-        row = {"model": name.rsplit(" ", 1)[0], "dtype": dtype, "tokens_per_s": n / harness.median(times[name])}
+        who, *mid, dtype = name.split()
+        row = {"model": name.rsplit(" ", 1)[0], "dtype": dtype, "tokens_per_s": n / harness.median(times[name]),
+               "best_tokens_per_s": n / min(times[name])}
         if who == "ours":
             row["vs_hf"] = harness.median_ratio(times, f"hf {dtype}", name)
+            row["vs_hf_best"] = min(times[f"hf {dtype}"]) / min(times[name])
             row["met"] = row["vs_hf"] >= 2.0
+            nbytes = floors[f"{mid[0]} {dtype}"]
+            row["bytes_per_token"] = nbytes
+            row["floor_tokens_per_s"] = 1.0 / copy_seconds(nbytes, args.rounds)
+            row["of_floor"] = row["best_tokens_per_s"] / row["floor_tokens_per_s"]
         rows.append(row)
     print(f"batch-1 greedy decoding ({args.preset}, prompt {args.prompt_len}, {n} new tokens, "
-          f"{args.threads} threads, median of {args.rounds} rounds)")
+          f"{args.threads} threads, median / best of {args.rounds} rounds)")
     print(harness.table(rows, [("model", "model", "s"), ("dtype", "dtype", "s"), ("tokens_per_s", "tok/s", ".0f"),
-                               ("vs_hf", "vs HF", ".2f"), ("met", ">= 2x", "")]))
+                               ("best_tokens_per_s", "best", ".0f"), ("vs_hf", "vs HF", ".2f"),
+                               ("vs_hf_best", "vs HF best", ".2f"), ("met", ">= 2x", ""),
+                               ("floor_tokens_per_s", "floor tok/s", ".0f"), ("of_floor", "best / floor", ".0%")]))
     payload = {"benchmark": "decode", "preset": args.preset, "prompt_len": args.prompt_len, "new_tokens": n,
                "rounds": args.rounds, "environment": harness.environment(args.threads), "rows": rows}
     harness.write_json(args.out, payload)
