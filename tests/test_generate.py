@@ -107,3 +107,16 @@ def test_unsupported_hf_arguments_are_named():
     model = tiny_model()
     with pytest.raises(GatedAttnError, match="unsupported argument.*num_beams.*supported: input_ids"):
         model.generate(torch.randint(0, 256, (1, 3)), max_new_tokens=2, num_beams=4)
+
+
+def test_load_model_casts_the_weights_for_inference(tmp_path):
+    from gatedattn.artifacts import load_model
+
+    model = tiny_model(**{"attention.gate.position": "g1"}).float()
+    model.save_pretrained(tmp_path / "m")
+    x = torch.randint(0, 256, (1, 9))
+    half = load_model(tmp_path / "m", dtype="bfloat16").model
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    torch.testing.assert_close(half(x).logits.float(), model(x).logits, rtol=0.05, atol=0.05)
+    with pytest.raises(GatedAttnError, match="unknown weight dtype 'int8'; allowed: float32, bfloat16, float16"):
+        load_model(tmp_path / "m", dtype="int8")

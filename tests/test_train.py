@@ -382,6 +382,8 @@ def test_cli_train_eval_generate(corpus, tmp_path, capsys):
     assert first.startswith("ROMEO.")
     assert main(["generate", str(out), "--prompt", "ROMEO.", "--max-new-tokens", "5", "--seed", "1"]) == 0
     assert capsys.readouterr().out == first  # seeded sampling is reproducible
+    assert main(["generate", str(out), "--prompt", "ROMEO.", "--max-new-tokens", "5", "--dtype", "bfloat16"]) == 0
+    assert capsys.readouterr().out.startswith("ROMEO.")
     assert main(["generate", str(tmp_path / "nothing"), "--prompt", "x"]) == 2
     assert "unknown model" in capsys.readouterr().err
 

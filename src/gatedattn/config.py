@@ -23,6 +23,7 @@ from .errors import ConfigError
 
 Device = Literal["auto", "cpu", "cuda"]
 DEVICES = typing.get_args(Device)  # for the --device flags
+WEIGHT_DTYPES = ("float32", "bfloat16", "float16")  # for loading a model for inference (--dtype)
 
 # Closed vocabularies: a field typed with one of these accepts only its values (the error lists them).
 GatePosition = Literal["none", "g1", "g2", "g3", "g4", "g5"]

@@ -12,7 +12,8 @@ from ..modeling.model import GatedLM
 
 
 def generate_text(model: GatedLM, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 64,
-                  temperature: float = 0.8, top_p: float = 0.95, top_k: int = 0, seed: int = 0) -> str:
+                  temperature: float = 0.8, top_p: float = 0.95, top_k: int = 0, seed: int = 0,
+                  compile: bool = False) -> str:
     """The continuation of ``prompt`` (BOS + prompt tokens, as in training); ``temperature=0`` is greedy.
     Generation stops at EOS. Settings out of range (NaN included) raise one-line GatedAttnErrors."""
     if not (math.isfinite(temperature) and temperature >= 0):
@@ -22,7 +23,7 @@ def generate_text(model: GatedLM, tokenizer: Tokenizer, prompt: str, max_new_tok
     generator = torch.Generator(device).manual_seed(seed)
     out = model.generate(torch.tensor([ids], device=device), max_new_tokens=max_new_tokens,
                          do_sample=temperature > 0, temperature=temperature or 1.0, top_p=top_p, top_k=top_k,
-                         eos_token_id=tokenizer.eos_id, generator=generator)
+                         eos_token_id=tokenizer.eos_id, generator=generator, compile=compile)
     new = out[0, len(ids):].tolist()
     if tokenizer.eos_id in new:
         new = new[:new.index(tokenizer.eos_id)]
