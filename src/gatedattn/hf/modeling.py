@@ -52,6 +52,8 @@ class CacheView:
     transformers ``Cache`` (which stores (B, K, T, D)). A DSA layer's indexer keys live in the same cache as
     the keys of an extra layer ``num_layers + layer`` (with empty values), so beam search reorders them too."""
 
+    position = None  # never static: transformers' own static cache is not adapted (KVCache.start_static)
+
     def __init__(self, cache: Cache, num_layers: int):
         self.cache, self.num_layers = cache, num_layers
 
