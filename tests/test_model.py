@@ -139,14 +139,22 @@ def test_static_cache_steps_equal_growing_cache_steps(cfg, implementation):
     assert static.length == growing.length == 12 + model.num_register_tokens
 
 
-def test_compiled_decoding_refuses_linear_and_sparse_layers_before_compiling():
+@pytest.mark.parametrize("cfg, named", [
+    ({"layer_types": "full_attention_every_2"}, "Gated DeltaNet layers"),
+    ({"attention.sparse": {"type": "dsa", "top_k": 4, "indexer_heads": 2, "indexer_dim": 8}}, "DSA"),
+    ({"moe.num_experts": 4, "moe.top_k": 2}, "MoE")], ids=["deltanet", "dsa", "moe"])
+def test_compiled_decoding_refuses_what_it_cannot_compile_before_compiling(cfg, named):
     from gatedattn.errors import GatedAttnError
+    from gatedattn.modeling.cache import KVCache
 
-    for cfg in ({"layer_types": "full_attention_every_2"},
-                {"attention.sparse": {"type": "dsa", "top_k": 4, "indexer_heads": 2, "indexer_dim": 8}}):
-        model = tiny_model(**cfg)
+    model = tiny_model(**cfg)
+    with pytest.raises(GatedAttnError, match=f"supports full-attention models with dense FFNs; this one has {named}"):
+        model.generate(torch.randint(0, 256, (1, 6)), max_new_tokens=3, compile=True)
+    if named != "MoE":  # the cache refuses to go static over such state too
+        cache = KVCache(len(model.layers), capacity=16)
+        model(torch.randint(0, 256, (1, 6)), past_key_values=cache)
         with pytest.raises(GatedAttnError, match="static decoding supports full-attention layers without DSA"):
-            model.generate(torch.randint(0, 256, (1, 6)), max_new_tokens=3, compile=True)
+            cache.start_static()
 
 
 @pytest.mark.parametrize("cfg", CONFIGS[:10], ids=_ids)

@@ -21,7 +21,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=WEIGHT_DTYPES, default="float32", help="the weights' dtype")
     p.add_argument("--compile", action="store_true",
                    help="static KV cache and a compiled decoding step: faster per token after a compilation "
-                        "of 10-50 s, so for long outputs (full-attention models without DSA)")
+                        "of 10-50 s, so for long outputs (full-attention models with dense FFNs)")
 
 
 def run(args: argparse.Namespace) -> int:

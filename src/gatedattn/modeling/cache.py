@@ -68,8 +68,8 @@ class KVCache:
         return self._append(self._index_k, layer, self._len[layer] - k.shape[1], k)
 
     def start_static(self) -> None:
-        """Switch to static decoding of one token per step; needs full-attention layers only, allocated to
-        the final length (``capacity``)."""
+        """Switch to static decoding of one token per step, after the prefill; full-attention layers only. The
+        storage must already hold every position the decoding will reach (``capacity``)."""
         if any(x is not None for x in self._index_k + self._state):
             raise GatedAttnError("static decoding supports full-attention layers without DSA; this cache holds "
                                  "Gated DeltaNet or indexer state")
@@ -80,7 +80,7 @@ class KVCache:
         self.position = torch.tensor([self.length], device=self._k[0].device)
 
     def static_mask(self) -> torch.Tensor:
-        """(1, 1, capacity) boolean: the positions the current static step may attend to."""
+        """(1, 1, storage size) boolean: the positions the current static step may attend to."""
         size = self._k[0].shape[1]
         return (torch.arange(size, device=self.position.device) <= self.position)[None, None]
 

@@ -194,7 +194,7 @@ class GatedLM(nn.Module):
 
         ``compile``: decode on a static cache with a ``torch.compile``d step (same tokens; 1.3-1.6x the eager
         tokens/s at batch 1 on CPU, docs/performance.md) after a one-off compilation of 10-50 s per model and
-        storage size; full-attention models without DSA only.
+        storage size; full-attention models with dense FFNs (no DeltaNet, DSA or MoE).
         """
         if unsupported:
             raise GatedAttnError(f"generate: unsupported argument(s) {', '.join(sorted(unsupported))}; supported: "
@@ -224,6 +224,8 @@ class GatedLM(nn.Module):
             raise GatedAttnError(f"generate: the prompt ({max(lengths)} tokens) + max_new_tokens "
                                  f"({max_new_tokens}) = {total} exceeds model.max_position_embeddings={limit}; "
                                  "ask for fewer new tokens")
+        if compile:
+            self._check_compilable_decoding()
         decode = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
                       top_k=top_k, repetition_penalty=repetition_penalty, eos=eos, fill=fill,
                       stop_strings=stop_strings, tokenizer=tokenizer, generator=generator, compile=compile)
@@ -284,6 +286,16 @@ class GatedLM(nn.Module):
             else:
                 logits = step(tokens[:, n - 1:n], cache)
         return tokens[:, :n]
+
+    def _check_compilable_decoding(self) -> None:
+        """generate(compile=True) compiles one graph: no data-dependent routing (MoE), no state beside K/V."""
+        kinds = {"Gated DeltaNet layers": any(b.layer_type == "linear_attention" for b in self.layers),
+                 "DSA": self.config.attention.sparse is not None,
+                 "MoE": any(isinstance(b.ffn, MoE) for b in self.layers)}
+        found = [k for k, v in kinds.items() if v]
+        if found:
+            raise GatedAttnError(f"generate(compile=True) supports full-attention models with dense FFNs; this one "
+                                 f"has {' and '.join(found)} (decode it without compile=True)")
 
     def _step(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """One decoding step: the next-token logits (B, vocab); ``generate(compile=True)`` compiles it."""
