@@ -110,3 +110,52 @@ def test_compiled_decoding_gives_the_eager_tokens_and_follows_weight_updates(cfg
     compiled = model.generate(prompts[:1], max_new_tokens=12, generator=torch.Generator().manual_seed(3),
                               compile=True, **sampled)
     assert torch.equal(compiled, eager)
+
+
+def test_compiled_blocks_serve_only_forwards_that_record_gradients():
+    model = tiny_model()
+    x = torch.randint(0, 256, (1, 5))
+    with torch.no_grad():
+        eager = model(x).logits
+    calls = []
+
+    def spy(layer):
+        def run(*args):
+            calls.append(layer)
+            return layer(*args)
+        return run
+    model.compiled_blocks = [spy(layer) for layer in model.layers]
+    with torch.no_grad():  # inference (eval, probes, decoding): the eager modules
+        torch.testing.assert_close(model(x).logits, eager, rtol=0, atol=0)
+    assert calls == []
+    model(x, labels=x).loss.backward()
+    assert calls == list(model.layers)
+
+
+@pytest.mark.parametrize("overrides,device,want", [
+    ({"train.compile": "model"}, "cpu", "model"),
+    ({"train.compile": True}, "cpu", "model"),  # the old boolean
+    ({"train.compile": False, "train.max_steps": 10 ** 6}, "cpu", "off"),
+    ({}, "cpu", "off"),  # auto: small's 200 steps are too short to pay for a compilation
+    ({"train.max_steps": 2000}, "cpu", "blocks"),
+    ({"train.max_steps": 2000}, "cuda", "off"),
+    ({"train.max_steps": 2000, "train.parallel": "ddp"}, "cpu", "off"),
+    ({"train.max_steps": 2000, "model.moe.num_experts": 4, "model.moe.expert_ffn_dim": 64}, "cpu", "off"),
+], ids=["model", "true", "false", "auto-short", "auto-long", "auto-cuda", "auto-ddp", "auto-moe"])
+def test_train_compile_resolves_to_the_measured_mode(overrides, device, want):
+    from gatedattn.training.compilation import AUTO_COMPILE_FLOPS, compile_mode, planned_flops
+
+    cfg = load_config("small", overrides)
+    mode, why = compile_mode(cfg, torch.device(device))
+    assert mode == want, why
+    if not overrides:  # the threshold the decision names
+        assert planned_flops(cfg) < AUTO_COMPILE_FLOPS and "too short" in why
+
+
+def test_a_bad_train_compile_is_one_line_naming_the_allowed_modes():
+    from gatedattn.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^train.compile='fast' is not allowed; allowed: auto, off, model, blocks$"):
+        load_config("tiny", {"train.compile": "fast"})
+    with pytest.raises(ConfigError, match="train.compile=1 is not allowed"):  # 1 is not the boolean true
+        load_config("tiny", {"train.compile": 1})

@@ -15,7 +15,7 @@ from gatedattn.cli.main import main
 from gatedattn.artifacts import latest_checkpoint, load_model
 from gatedattn.training import TrainingError, lr_factor, param_groups, prepare_data, read_metrics, train
 from gatedattn.training.metrics import SpikeDetector
-from gatedattn.training.trainer import load_init_weights
+from gatedattn.training.trainer import Trainer, load_init_weights
 
 STEPS = 30
 SETTINGS = {"data.vocab_size": 320, "data.seq_len": 32, "data.val_fraction": 0.2, "train.max_steps": STEPS,
@@ -126,6 +126,7 @@ def test_training_lowers_the_loss_and_writes_a_self_describing_run(reference_run
     assert cfg.model.vocab_size == 320 and cfg.model.bos_token_id == 0  # set from the tokenizer
     env = json.loads((out / "environment.json").read_text())["sessions"][0]
     assert env["versions"]["torch"] == torch.__version__ and env["torch_threads"] == 1
+    assert env["compile"] == "off"  # train.compile=auto: far too short a run to pay for compiling
     assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step_0000020", "step_0000030"]
     assert latest_checkpoint(out).name == "step_0000030"
     model = load_model(out).model  # a run directory loads its latest weights
@@ -417,3 +418,20 @@ def test_callbacks_see_every_step_eval_checkpoint_and_the_end(corpus, tmp_path):
     seen.clear()
     train(cfg, tmp_path, progress=False, callbacks=[Record()])  # finished: only the end
     assert seen == [("end", 4)]
+
+
+def test_compiled_blocks_train_like_the_eager_run_and_leave_the_model_eager(reference_run, corpus, tmp_path):
+    ref_out, ref = reference_run
+    out = tmp_path / "blocks"
+    torch.set_num_threads(1)
+    trainer = Trainer(_config(corpus, **{"train.compile": "blocks"}), out, progress=False)
+    torch._dynamo.utils.counters.clear()
+    r = trainer.train()
+    assert torch._dynamo.utils.counters["frames"]["ok"] > 0  # the blocks did run compiled
+    (ref_losses, ref_vals), (losses, vals) = _losses(ref_out), _losses(out)
+    # Inductor fuses and reorders float32 arithmetic, so the losses agree to rounding, not bit for bit.
+    assert [s for s, _ in losses] == [s for s, _ in ref_losses] and r.steps == ref.steps
+    assert [l for _, l in losses] == pytest.approx([l for _, l in ref_losses], rel=1e-4)
+    assert [l for _, l in vals] == pytest.approx([l for _, l in ref_vals], rel=1e-4)  # validation: eager blocks
+    assert json.loads((out / "environment.json").read_text())["sessions"][0]["compile"] == "blocks"
+    assert trainer.model.compiled_blocks is None  # the model leaves the trainer eager

@@ -267,6 +267,14 @@ class ModelConfig:
     def resolved_layer_types(self) -> list[str]:
         return resolve_layer_types(self.layer_types, self.num_layers)
 
+    @property
+    def beyond_dense_attention(self) -> list[str]:
+        """What makes this more than a full-attention model with dense FFNs (what compiled decoding and
+        train.compile=auto are measured on): Gated DeltaNet layers, DSA, MoE."""
+        kinds = {"Gated DeltaNet layers": "linear_attention" in self.resolved_layer_types,
+                 "DSA": self.attention.sparse is not None, "MoE": bool(self.moe.num_experts)}
+        return [k for k, v in kinds.items() if v]
+
     def validate(self) -> None:
         a, g = self.attention, self.attention.gate
         for key in ("vocab_size", "d_model", "num_layers", "ffn_dim", "max_position_embeddings"):
@@ -371,7 +379,11 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
     dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16 = autocast
-    compile: bool = False
+    # torch.compile of the training forward: off; model (the whole forward); blocks (each decoder block, one
+    # graph shared by all: the elementwise work fused at a fraction of the compile time); auto = blocks for
+    # long CPU runs of dense full-attention models, where it pays for its compilation (docs/performance.md),
+    # else off. true/false mean model/off.
+    compile: Literal["auto", "off", "model", "blocks"] = "auto"
     log_every: int = 1
     eval_every: int = 50  # validation every N steps (0 = at the end only)
     eval_batches: int = 8  # validation batches (of batch_size sequences); 0 = no validation
@@ -391,6 +403,8 @@ class TrainConfig:
     # learn (the rest frozen); base_lr_mult scales the learning rate of every non-gate parameter.
     trainable: Literal["all", "gates", "indexer"] = "all"  # indexer: only DSA's indexers (its dense warm-up)
     base_lr_mult: float = 1.0
+
+    VALUE_ALIASES: ClassVar[dict[str, dict]] = {"compile": {True: "model", False: "off"}}  # its old booleans
 
     def validate(self) -> None:
         positive = ("max_steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints", "spike_window",
@@ -527,6 +541,9 @@ def build(cls, data: Any, prefix: str = ""):
 
 
 def _resolve_aliases(cls, data: dict, prefix: str) -> dict:
+    for key, values in getattr(cls, "VALUE_ALIASES", {}).items():
+        if isinstance(data.get(key), bool):  # bools only: 1 == True must not match
+            data = {**data, key: values[data[key]]}
     aliases = getattr(cls, "KEY_ALIASES", {})
     if not any(a in data for a in aliases):
         return data

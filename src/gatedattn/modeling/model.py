@@ -95,7 +95,15 @@ class GatedLM(nn.Module):
             self.lm_head.weight = self.embed.weight
         self.rotary = RotaryEmbedding(cfg)
         self.hook_embed = HookPoint()
+        self.compiled_blocks: list | None = None  # compile_blocks(): the blocks' compiled callers
         self.reset_parameters()
+
+    def compile_blocks(self, **options) -> None:
+        """``torch.compile`` each block for the forwards that record gradients (training); inference (eval,
+        probes, decoding) stays eager, so hooks added there cost no recompilation. The blocks share one
+        graph: parameters are graph inputs, so all layers of a type compile once. ``options`` go to
+        ``torch.compile``."""
+        self.compiled_blocks = [torch.compile(layer, **options) for layer in self.layers]
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -142,7 +150,8 @@ class GatedLM(nn.Module):
         if cache is not None and cache.rope_seq_len is None:  # dynamic NTK: one length per cached sequence
             cache.rope_seq_len = past + h.shape[1]
         cos, sin = self.rotary(positions, h.dtype, cache.rope_seq_len if cache is not None else None)
-        for layer in self.layers:
+        layers = self.compiled_blocks if self.compiled_blocks and torch.is_grad_enabled() else self.layers
+        for layer in layers:
             h = layer(h, cos, sin, cache)
         h = self.norm(h[:, n_reg:])
         if labels is None:
@@ -289,10 +298,7 @@ class GatedLM(nn.Module):
 
     def _check_compilable_decoding(self) -> None:
         """generate(compile=True) compiles one graph: no data-dependent routing (MoE), no state beside K/V."""
-        kinds = {"Gated DeltaNet layers": any(b.layer_type == "linear_attention" for b in self.layers),
-                 "DSA": self.config.attention.sparse is not None,
-                 "MoE": any(isinstance(b.ffn, MoE) for b in self.layers)}
-        found = [k for k, v in kinds.items() if v]
+        found = self.config.beyond_dense_attention
         if found:
             raise GatedAttnError(f"generate(compile=True) supports full-attention models with dense FFNs; this one "
                                  f"has {' and '.join(found)} (decode it without compile=True)")

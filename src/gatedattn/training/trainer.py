@@ -36,6 +36,7 @@ from ..evaluation.perplexity import EvalResult, autocast, evaluate_perplexity
 from ..fileio import atomic_write_text, read_json_object
 from ..modeling.model import GatedLM
 from .callbacks import Callback
+from .compilation import compile_mode, compiled_forward
 from .distributed import (Parallel, clip_grad_norm, load_named_optimizer_state, named_optimizer_state,
                           parallelize, setup_parallel)
 from .metrics import MetricsLog, SpikeDetector, environment_info, log, plot_loss_curves, read_metrics
@@ -227,12 +228,15 @@ class Trainer:
 
         tc = self.config.train
         main = self.parallel.is_main
+        self.compile_mode, why = compile_mode(self.config, self.device)
         if main:
             self._write_session_files()
         self.metrics = MetricsLog(self.out_dir / METRICS) if main else None
         if self.resumed_from is not None:
             self._log({"step": self.state.step, "event": "resume", "checkpoint": self.checkpoint.name})
-        self.forward = torch.compile(self.wrapped) if tc.compile else self.wrapped
+        if self.compile_mode != "off":
+            log.info("compiling the training forward: %s (%s)", self.compile_mode, why)
+        self.forward = compiled_forward(self.compile_mode, self.model, self.wrapped)
         self._interval = [0, 0.0]  # tokens and seconds since the last logged step
         for cb in self.callbacks:
             cb.on_train_start(self)
@@ -250,6 +254,7 @@ class Trainer:
                     cb.on_step_end(self, record)
         finally:
             bar.close()
+            self.model.compiled_blocks = None  # the model leaves the trainer as it came: eager
             if self.metrics is not None:
                 self.metrics.close()
             self.metrics = None
@@ -496,7 +501,7 @@ class Trainer:
                 log.warning("warning: %s is unreadable; starting its session list anew", env_path)
         sessions.append({"start_step": st.step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                          "parallel": self.parallel.mode, "world_size": self.parallel.world_size,
-                         **environment_info(self.device)})
+                         "compile": self.compile_mode, **environment_info(self.device)})
         atomic_write_text(env_path, json.dumps({"sessions": sessions}, indent=2))
         data_path = out / DATA_INFO
         if not st.step or not data_path.is_file():
