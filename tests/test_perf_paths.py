@@ -159,3 +159,23 @@ def test_a_bad_train_compile_is_one_line_naming_the_allowed_modes():
         load_config("tiny", {"train.compile": "fast"})
     with pytest.raises(ConfigError, match="train.compile=1 is not allowed"):  # 1 is not the boolean true
         load_config("tiny", {"train.compile": 1})
+
+
+def test_input_major_weights_keep_values_and_shapes_and_give_the_storage_back():
+    from gatedattn.modeling.model import input_major_weights
+
+    model = tiny_model(**{"attention.gate.position": "g1"})  # tied embeddings: lm_head.weight is embed.weight
+    x = torch.randint(0, 256, (1, 7))
+    with torch.no_grad():
+        ref = model(x).logits
+    before = {n: (p.data_ptr(), p.clone()) for n, p in model.named_parameters()}
+    with pytest.raises(RuntimeError, match="inside"):
+        with input_major_weights(model):
+            w = model.layers[0].attn.q_proj.weight
+            assert w.stride() == (1, w.shape[0])  # input-major storage, the (out, in) shape kept
+            assert model.lm_head.weight is model.embed.weight and not model.embed.weight.is_contiguous()
+            with torch.no_grad():
+                torch.testing.assert_close(model(x).logits, ref, rtol=1e-12, atol=1e-12)
+            raise RuntimeError("inside")
+    for n, p in model.named_parameters():  # the very tensors of before, even after an error
+        assert p.data_ptr() == before[n][0] and torch.equal(p, before[n][1]) and p.is_contiguous(), n

@@ -12,6 +12,7 @@ the gate), hook_gated_out, hook_out}`` and ``layers.{i}.attn.gate.hook_score``. 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -241,7 +242,7 @@ class GatedLM(nn.Module):
         B, T = input_ids.shape
         # Inference mode skips autograd's bookkeeping on every op (per-op overhead dominates batch-1
         # decoding); the result is cloned out of it so that callers may train on it.
-        with torch.inference_mode():
+        with input_major_weights(self) if compile else contextlib.nullcontext(), torch.inference_mode():
             if min(lengths) == T:
                 return self._decode(input_ids, **decode).clone()
             rows = [self._decode(input_ids[i:i + 1, T - n:], **decode) for i, n in enumerate(lengths)]
@@ -359,6 +360,24 @@ GENERATE_ARGS = ("input_ids", "max_new_tokens", "do_sample", "temperature", "top
 # the C++ wrapper beat the default; the static cache is allocated in multiples of the quantum.
 DECODE_COMPILE_OPTIONS = {"freezing": True, "cpp_wrapper": True}
 STATIC_CACHE_QUANTUM = 256
+
+
+@contextlib.contextmanager
+def input_major_weights(model: nn.Module):
+    """Hold every nn.Linear weight, for the block, as the transposed view of a contiguous (in, out) copy: the
+    same values and shape, but ``x @ W.T`` runs as a row-major ``x @ W_t``, which this project's CPU
+    measurements found 1.3x faster for compiled batch-1 decoding in float32 (docs/performance.md). The
+    original tensors come back afterwards; meanwhile the weights take twice their memory."""
+    params = list({id(m.weight): m.weight for m in model.modules() if isinstance(m, nn.Linear)}.values())
+    saved = [p.data for p in params]
+    with torch.no_grad():
+        for p in params:
+            p.data = p.data.t().contiguous().t()
+    try:
+        yield
+    finally:
+        for p, data in zip(params, saved):
+            p.data = data
 
 
 def prompt_lengths(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[int]:
