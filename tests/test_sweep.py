@@ -223,3 +223,27 @@ def test_two_jobs_give_the_numbers_of_one(tmp_path, shared_cache):
     run_sweep(spec, SweepSettings(out=tmp_path / "two", jobs=2, threads=1, progress=False))
     assert _metrics(tmp_path / "one") == _metrics(tmp_path / "two")
     assert os.path.isfile(tmp_path / "two" / "summary.md")
+
+
+def test_run_fingerprints_survive_train_compile_becoming_a_mode():
+    """Runs stored while train.compile was a boolean (default false) keep their fingerprint under the new
+    default, so a sweep reuses them instead of retraining."""
+    import dataclasses
+    import hashlib
+
+    from gatedattn import load_config
+    from gatedattn.experiments.sweep import ANALYSIS_SEQUENCES, RunPlan, fingerprint
+
+    plan = RunPlan("lab", {}, "none", 0, {}, "unused", 2, "quick", None)
+
+    def legacy(cfg, compile_flag):  # the old computation, on the old config format
+        tree = dataclasses.asdict(cfg)
+        tree["train"]["compile"] = compile_flag
+        settings = {"config": tree, "eval_batches": 2, "analysis": ANALYSIS_SEQUENCES}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    for mode, old in (("auto", False), ("off", False), ("model", True)):
+        cfg = load_config("tiny", {"train.compile": mode})
+        assert fingerprint(cfg, plan) == legacy(cfg, old), mode
+    blocks = load_config("tiny", {"train.compile": "blocks"})
+    assert fingerprint(blocks, plan) not in {legacy(blocks, False), legacy(blocks, True)}

@@ -116,8 +116,15 @@ def plan_sweep(spec: SweepSpec, out: Path) -> tuple[list[RunPlan], list[str]]:
     return plans, skipped
 
 
+# train.compile was a boolean when most stored runs were fingerprinted; its default (auto) and off hash as the
+# old false, model as true, so a new default does not retrain every stored sweep.
+LEGACY_COMPILE = {"auto": False, "off": False, "model": True}
+
+
 def fingerprint(cfg, plan: RunPlan) -> str:
-    settings = {"config": cfg.to_dict(), "eval_batches": plan.eval_batches, "analysis": ANALYSIS_SEQUENCES}
+    config = cfg.to_dict()
+    config["train"]["compile"] = LEGACY_COMPILE.get(config["train"]["compile"], config["train"]["compile"])
+    settings = {"config": config, "eval_batches": plan.eval_batches, "analysis": ANALYSIS_SEQUENCES}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
