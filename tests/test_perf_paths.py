@@ -142,9 +142,11 @@ def test_compiled_blocks_serve_only_forwards_that_record_gradients():
     ({"train.max_steps": 2000, "train.parallel": "ddp"}, "cpu", "off"),
     ({"train.max_steps": 2000, "model.moe.num_experts": 4, "model.moe.expert_ffn_dim": 64}, "cpu", "off"),
 ], ids=["model", "true", "false", "auto-short", "auto-long", "auto-cuda", "auto-ddp", "auto-moe"])
-def test_train_compile_resolves_to_the_measured_mode(overrides, device, want):
+def test_train_compile_resolves_to_the_measured_mode(overrides, device, want, monkeypatch):
+    from gatedattn.training import compilation
     from gatedattn.training.compilation import AUTO_COMPILE_FLOPS, compile_mode, planned_flops
 
+    monkeypatch.setattr(compilation, "has_cpp_compiler", lambda: True)  # whatever this machine has
     cfg = load_config("small", overrides)
     mode, why = compile_mode(cfg, torch.device(device))
     assert mode == want, why
@@ -179,3 +181,13 @@ def test_input_major_weights_keep_values_and_shapes_and_give_the_storage_back():
             raise RuntimeError("inside")
     for n, p in model.named_parameters():  # the very tensors of before, even after an error
         assert p.data_ptr() == before[n][0] and torch.equal(p, before[n][1]) and p.is_contiguous(), n
+
+
+def test_train_compile_auto_stays_eager_without_a_cpp_compiler(monkeypatch):
+    from gatedattn.training import compilation
+
+    monkeypatch.setattr(compilation, "has_cpp_compiler", lambda: False)
+    mode, why = compilation.compile_mode(load_config("small", {"train.max_steps": 2000}), torch.device("cpu"))
+    assert mode == "off" and "no C++ compiler" in why
+    assert compilation.compile_mode(load_config("small", {"train.max_steps": 2000, "train.compile": "blocks"}),
+                                    torch.device("cpu"))[0] == "blocks"  # asked for: compiled, and fails loudly

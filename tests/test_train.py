@@ -15,6 +15,7 @@ from gatedattn.cli.main import main
 from gatedattn.artifacts import latest_checkpoint, load_model
 from gatedattn.training import TrainingError, lr_factor, param_groups, prepare_data, read_metrics, train
 from gatedattn.training.metrics import SpikeDetector
+from gatedattn.training.compilation import has_cpp_compiler
 from gatedattn.training.trainer import Trainer, load_init_weights
 
 STEPS = 30
@@ -420,6 +421,7 @@ def test_callbacks_see_every_step_eval_checkpoint_and_the_end(corpus, tmp_path):
     assert seen == [("end", 4)]
 
 
+@pytest.mark.skipif(not has_cpp_compiler(), reason="inductor needs a C++ compiler")
 def test_compiled_blocks_train_like_the_eager_run_and_leave_the_model_eager(reference_run, corpus, tmp_path):
     ref_out, ref = reference_run
     out = tmp_path / "blocks"

@@ -3,9 +3,10 @@
 ``auto`` compiles the blocks only where that was measured to pay for its compilation (docs/performance.md):
 on the CPU, single-process, a dense full-attention model (gated or not) and a run of at least
 ``AUTO_COMPILE_FLOPS`` model FLOPs. Compiling the blocks costs about 20 s on 2 cores (cold cache, ``small``)
-and saves 13-19% of each step, so it pays after about 3 minutes of eager training; the threshold, about
-15 minutes of eager fp32 training on 2 cores, leaves room for slower compilers and smaller gains. Elsewhere
-(GPU: not measured here; DDP/FSDP, activation checkpointing, MoE, DeltaNet, DSA) it stays eager unless asked.
+and saves 10-25% of each step, so it pays after a few minutes of eager training; the threshold, 15-20
+minutes of eager fp32 training of ``small`` on 2 cores, leaves room for slower compilers and smaller gains.
+Elsewhere (GPU: not measured here; DDP/FSDP, activation checkpointing, MoE, DeltaNet, DSA; no C++ compiler
+for inductor) it stays eager unless asked.
 """
 
 from __future__ import annotations
@@ -18,6 +19,17 @@ from ..modeling.model import GatedLM
 from ..modeling.stats import model_stats
 
 AUTO_COMPILE_FLOPS = 1e14
+
+
+def has_cpp_compiler() -> bool:
+    """Whether inductor finds the C++ compiler its CPU kernels need (without one, compiling fails)."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception:  # its search raises when no compiler is installed; a moved private API counts as none
+        return False
+    return True
 
 
 def planned_flops(cfg: Config) -> float:
@@ -34,6 +46,7 @@ def compile_mode(cfg: Config, device: torch.device) -> tuple[str, str]:
     unmeasured = [reason for reason, applies in (
         (f"device {device.type}", device.type != "cpu"), (f"train.parallel={tc.parallel}", tc.parallel != "none"),
         ("activation checkpointing", tc.activation_checkpointing),
+        ("no C++ compiler for inductor", device.type == "cpu" and not has_cpp_compiler()),
         *((kind, True) for kind in cfg.model.beyond_dense_attention)) if applies]
     if unmeasured:
         return "off", f"train.compile=auto is eager with {', '.join(unmeasured)}"
