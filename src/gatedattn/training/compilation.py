@@ -46,13 +46,14 @@ def compile_mode(cfg: Config, device: torch.device) -> tuple[str, str]:
     unmeasured = [reason for reason, applies in (
         (f"device {device.type}", device.type != "cpu"), (f"train.parallel={tc.parallel}", tc.parallel != "none"),
         ("activation checkpointing", tc.activation_checkpointing),
-        ("no C++ compiler for inductor", device.type == "cpu" and not has_cpp_compiler()),
         *((kind, True) for kind in cfg.model.beyond_dense_attention)) if applies]
     if unmeasured:
         return "off", f"train.compile=auto is eager with {', '.join(unmeasured)}"
     flops = planned_flops(cfg)
     if flops < AUTO_COMPILE_FLOPS:
         return "off", f"train.compile=auto: {flops:.2g} planned FLOPs < {AUTO_COMPILE_FLOPS:.0e}, too short to pay"
+    if not has_cpp_compiler():  # checked last: it imports inductor
+        return "off", "train.compile=auto is eager with no C++ compiler for inductor"
     return "blocks", f"train.compile=auto: {flops:.2g} planned FLOPs >= {AUTO_COMPILE_FLOPS:.0e}"
 
 
