@@ -22,6 +22,7 @@ import harness
 from gatedattn import GatedLM, load_config
 from gatedattn.config import parse_value
 from gatedattn.modeling.stats import model_stats
+from gatedattn.training.compilation import compiled_forward
 
 # Performance round 2's targets (issue 17), for our model in its fastest training mode.
 TARGETS = {"fp32": {"vs_hf": 1.3, "mfu": 0.60}, "bf16": {"vs_hf": 1.6, "mfu": 0.35}}
@@ -65,9 +66,9 @@ def main(argv=None) -> dict:
     dtypes = args.dtypes.split(",")
     cases, matmul_flops, compiled = {}, {}, {}
     for mode in modes:  # each its own copy of the weights, compiled as train.compile=MODE does
-        compiled[mode] = GatedLM(cfg.model)
-        compiled[mode].load_state_dict(ours.state_dict())
-        compiled[mode].compile_blocks() if mode == "blocks" else compiled[mode].compile()
+        copy = GatedLM(cfg.model)
+        copy.load_state_dict(ours.state_dict())
+        compiled[mode] = compiled_forward(mode, copy, copy)
     ours_rows = ("ours",) + tuple(f"ours+{m}" for m in modes)
     for dtype in dtypes:
         torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
@@ -98,7 +99,8 @@ def main(argv=None) -> dict:
                 row["vs_hf_met"] = row["vs_hf"] >= row["vs_hf_target"]
             rows.append(row)
     shape = f"{args.preset}{' ' + ' '.join(args.set) if args.set else ''}"
-    print(f"training throughput ({shape}, {sum(p.numel() for p in ours.parameters()) / 1e6:.1f}M params, gate {args.gate}, batch {args.batch_size} x {seq}, "
+    params = sum(p.numel() for p in ours.parameters()) / 1e6
+    print(f"training throughput ({shape}, {params:.1f}M params, gate {args.gate}, batch {args.batch_size} x {seq}, "
           f"{step_flops / 1e9:.1f} GFLOP/step, {args.threads} threads, median of {args.rounds} rounds)")
     print(harness.table(rows, [("model", "model", "s"), ("dtype", "dtype", "s"), ("tokens_per_s", "tok/s", ".0f"),
                                ("gflops", "GFLOP/s", ".1f"), ("matmul_gflops", "matmul GFLOP/s", ".1f"),
@@ -106,8 +108,8 @@ def main(argv=None) -> dict:
                                ("vs_hf", "vs HF", ".3f"), ("vs_hf_best", "best rounds", ".3f"),
                                ("vs_hf_target", "target", ".1f"),
                                ("vs_hf_met", "met", "")]))
-    payload = {"benchmark": "throughput", "preset": args.preset, "overrides": overrides, "gate": args.gate, "batch_size": args.batch_size,
-               "seq_len": seq, "step_flops": step_flops, "matmul_size": args.matmul_size, "rounds": args.rounds,
+    payload = {"benchmark": "throughput", "preset": args.preset, "overrides": overrides, "gate": args.gate,
+               "batch_size": args.batch_size, "seq_len": seq, "step_flops": step_flops, "matmul_size": args.matmul_size, "rounds": args.rounds,
                "environment": harness.environment(args.threads), "rows": rows}
     harness.write_json(args.out, payload)
     return payload

@@ -202,7 +202,7 @@ class GatedLM(nn.Module):
         first EOS id). Other HF arguments (beam search, ...) raise a one-line error naming them; transformers'
         own ``generate`` runs on ``gatedattn.hf.GatedAttnForCausalLM.from_gatedlm(model)``.
 
-        ``compile``: decode on a static cache with a ``torch.compile``d step (same tokens; 1.5-1.7x the eager
+        ``compile``: decode on a static cache with a ``torch.compile``d step (same tokens; 1.5-2.0x the eager
         tokens/s at batch 1 on CPU, docs/performance.md) after a one-off compilation of 10-50 s per model and
         storage size; full-attention models with dense FFNs (no DeltaNet, DSA or MoE).
         """
