@@ -8,7 +8,7 @@ from gatedattn import GatedLM, load_config
 from gatedattn.cli.main import main
 from gatedattn.errors import ConfigError
 from gatedattn.modeling.cache import KVCache
-from gatedattn.modeling.sparse import main_attention_distribution
+from gatedattn.modeling.sparse import main_attention_distribution, top_k_stable
 
 VOCAB = 257
 
@@ -57,6 +57,34 @@ def test_sparse_attention_differs_from_dense_when_top_k_is_small():
     sparse = dsa_model(top_k=3)
     dense = same_weights(GatedLM(load_config("tiny").model).double().eval(), sparse)
     assert (sparse(x).logits - dense(x).logits).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("S, J", [(40, 7), (40, 40), (9, 1)])
+def test_top_k_stable_equals_a_stable_sort(S, J):
+    """Scores from a few values (ties everywhere, as ReLU's zeros make them) with a causal -inf tail."""
+    g = torch.Generator().manual_seed(S + J)
+    scores = torch.randint(0, 3, (3, 30, S), generator=g).double()
+    scores[torch.rand(3, 30, S, generator=g) < 0.2] = 0.0
+    scores = scores.masked_fill(torch.arange(S)[None, None] > torch.arange(30)[None, :, None] + S - 30, float("-inf"))
+    ref = scores.sort(dim=-1, descending=True, stable=True)
+    idx, valid = top_k_stable(scores, J)
+    assert torch.equal(idx, ref.indices[..., :J])
+    assert torch.equal(valid, ref.values[..., :J] > float("-inf"))
+
+
+def test_chunked_selection_after_a_cache_equals_selection_over_all_keys():
+    """A chunk scores only the keys up to its last query; after 9 cached tokens, 13 new queries in chunks of 5
+    (fewer past keys than top_k for the first ones) select what unchunked scoring selects."""
+    model = dsa_model(top_k=12)
+    idx = model.layers[0].attn.indexer
+    x = torch.randn(2, 22, model.config.d_model, dtype=torch.float64)
+    cos, sin = model.rotary(torch.arange(22), torch.float64)
+    keys = idx.keys(x, cos, sin)
+    causal = torch.arange(22)[None] <= torch.arange(9, 22)[:, None]
+    new = (x[:, 9:], keys, cos[9:], sin[9:], causal)
+    want = idx.select(idx.scores(*new))
+    got = idx.select_chunked(*new, chunk=5)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 def naive_dsa_layer(attn, x, cos, sin):
@@ -120,8 +148,9 @@ def test_causal():
 
 
 @pytest.mark.parametrize("implementation", ["mask", "gather"])
-def test_cached_decoding_equals_full_forward(implementation):
-    model = dsa_model(top_k=5, implementation=implementation)
+@pytest.mark.parametrize("indexer_dtype", ["float32", "bfloat16"])
+def test_cached_decoding_equals_full_forward(implementation, indexer_dtype):
+    model = dsa_model(top_k=5, implementation=implementation, **{"model.attention.sparse.indexer_dtype": indexer_dtype})
     x = ids(T=19)
     full = model(x).logits
     cache = KVCache(len(model.layers))
@@ -259,3 +288,19 @@ def test_export_refuses_a_dsa_model(tmp_path, capsys, target):
     assert main(["export", str(tmp_path / "m"), "--to", target, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "attention.sparse" in err[0]
+
+
+def test_bfloat16_indexer_scores_are_the_float32_scores_to_bf16_precision():
+    model = dsa_model()
+    bf16 = same_weights(dsa_model(**{"model.attention.sparse.indexer_dtype": "bfloat16"}), model)
+    a, b = model.layers[0].attn.indexer, bf16.layers[0].attn.indexer
+    x = torch.randn(2, 15, model.config.d_model, dtype=torch.float64)
+    cos, sin = model.rotary(torch.arange(15), torch.float64)
+    causal = torch.ones(15, 15, dtype=torch.bool).tril()
+    keys = b.keys(x, cos, sin)
+    assert keys.dtype == torch.bfloat16
+    want = a.scores(x, a.keys(x, cos, sin), cos, sin, causal)
+    got = b.scores(x, keys, cos, sin, causal)
+    assert got.dtype == torch.float32 and not torch.equal(got, want)
+    finite = causal.expand_as(got)
+    torch.testing.assert_close(got[finite], want[finite], rtol=0, atol=2e-2 * want[finite].abs().max().item())

@@ -247,3 +247,28 @@ def test_run_fingerprints_survive_train_compile_becoming_a_mode():
         assert fingerprint(cfg, plan) == legacy(cfg, old), mode
     blocks = load_config("tiny", {"train.compile": "blocks"})
     assert fingerprint(blocks, plan) not in {legacy(blocks, False), legacy(blocks, True)}
+
+
+def test_dsa_run_fingerprints_survive_the_indexer_dtype_setting():
+    """A DSA run stored before model.attention.sparse.indexer_dtype existed keeps its fingerprint at the
+    default (float32); bfloat16 is a different run."""
+    import dataclasses
+    import hashlib
+
+    from gatedattn import load_config
+    from gatedattn.experiments.sweep import ANALYSIS_SEQUENCES, RunPlan, fingerprint
+
+    plan = RunPlan("lab", {}, "dsa", 0, {}, "unused", 2, "quick", None)
+
+    def legacy(cfg):  # the computation before the setting, on the config without it
+        tree = dataclasses.asdict(cfg)
+        tree["train"]["compile"] = False
+        del tree["model"]["attention"]["sparse"]["indexer_dtype"]
+        settings = {"config": tree, "eval_batches": 2, "analysis": ANALYSIS_SEQUENCES}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    dsa = {"model.attention.sparse.type": "dsa"}
+    cfg = load_config("tiny", dsa)
+    assert fingerprint(cfg, plan) == legacy(cfg)
+    bf16 = load_config("tiny", {**dsa, "model.attention.sparse.indexer_dtype": "bfloat16"})
+    assert fingerprint(bf16, plan) != legacy(bf16)

@@ -143,6 +143,9 @@ class SparseAttentionConfig:
     implementation: Literal["mask", "gather"] = "mask"
     mode: Literal["sparse", "dense"] = "sparse"
     query_chunk: int = 256  # gather path: queries per chunk, bounding the (chunk, top_k) working set
+    # The indexer's query-key products and its cached keys (DeepSeek-V3.2 runs them in FP8): bfloat16 halves
+    # what a decoded token reads and uses the CPU's bf16 dot products; its ReLU and head sum stay float32.
+    indexer_dtype: Literal["float32", "bfloat16"] = "float32"
 
     def validate(self) -> None:
         for key in ("top_k", "indexer_heads", "indexer_dim", "query_chunk"):

@@ -33,6 +33,7 @@ class LightningIndexer(nn.Module):
         super().__init__()
         s = cfg.attention.sparse
         self.num_heads, self.dim, self.top_k = s.indexer_heads, s.indexer_dim, s.top_k
+        self.dtype = getattr(torch, s.indexer_dtype)
         self.q_proj = nn.Linear(cfg.d_model, s.indexer_heads * s.indexer_dim, bias=False)
         self.k_proj = nn.Linear(cfg.d_model, s.indexer_dim, bias=False)
         self.k_norm = nn.LayerNorm(s.indexer_dim)
@@ -47,37 +48,63 @@ class LightningIndexer(nn.Module):
         return apply_rotary(x, cos[:, self.rope_cols], sin[:, self.rope_cols])
 
     def keys(self, x_BTC: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """The shared indexer key of every token, (B, T, E)."""
+        """The shared indexer key of every token, (B, T, E), in the indexer's dtype (as the cache holds it)."""
         k = self.k_norm(self.k_proj(x_BTC))
-        return self._rotate(k[:, :, None], cos, sin)[:, :, 0]
+        return self._rotate(k[:, :, None], cos, sin)[:, :, 0].to(self.dtype)
 
     def scores(self, x_BTC: torch.Tensor, keys_BSE: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                causal_TS: torch.Tensor) -> torch.Tensor:
         """I(t, s) for the T new queries against all S keys, (B, T, S) in float32; -inf where ``causal_TS``
         forbids s (t's future)."""
         B, T, _ = x_BTC.shape
+        S = keys_BSE.shape[1]
         q_BTIE = self._rotate(self.q_proj(x_BTC).view(B, T, self.num_heads, self.dim), cos, sin)
         w_BTI = self.weights_proj(x_BTC).float() * self.scale
-        dots_BTIS = torch.einsum("btie,bse->btis", q_BTIE.float(), keys_BSE.float())
-        scores_BTS = torch.einsum("btis,bti->bts", F.relu(dots_BTIS), w_BTI)
+        # Two batched matmuls, ReLU in place between them: no (B, T, I, S) temporaries beyond the one.
+        q = q_BTIE.to(self.dtype).reshape(B, T * self.num_heads, self.dim)
+        dots = torch.bmm(q, keys_BSE.to(self.dtype).transpose(1, 2)).float().view(B * T, self.num_heads, S)
+        dots = dots.relu_() if not torch.is_grad_enabled() else F.relu(dots)
+        scores_BTS = torch.bmm(w_BTI.reshape(B * T, 1, self.num_heads), dots).view(B, T, S)
         return scores_BTS.masked_fill(~causal_TS, float("-inf"))
 
     def select(self, scores_BTS: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The top-k key positions of every query, (B, T, J) with J = min(top_k, S), and which of them are
-        real past tokens (False only while a query has fewer than top_k past tokens). Ties (ReLU makes
-        scores of exactly 0 common) go to the earlier position, so a cached step selects what a full
-        forward selects."""
-        J = min(self.top_k, scores_BTS.shape[-1])
-        top, idx = scores_BTS.sort(dim=-1, descending=True, stable=True)
-        return idx[..., :J], top[..., :J] > float("-inf")
+        """The top-k key positions of every query, (B, T, J) with J = min(top_k, S), best first, and which of
+        them are real past tokens (False only while a query has fewer than top_k past tokens). Exactly what a
+        stable descending sort keeps: ties (ReLU makes scores of exactly 0 common, and every future key is
+        -inf) go to the earlier position, so a cached step selects what a full forward selects."""
+        return top_k_stable(scores_BTS, min(self.top_k, scores_BTS.shape[-1]))
 
     def select_chunked(self, x_BTC, keys_BSE, cos, sin, causal_TS, chunk: int):
         """``select(scores(...))`` a chunk of queries at a time: the (chunk, S) scores are the largest
-        intermediate, so a long prefill never holds T x S of them."""
-        parts = [self.select(self.scores(x_BTC[:, t0:t0 + chunk], keys_BSE, cos[t0:t0 + chunk], sin[t0:t0 + chunk],
-                                         causal_TS[t0:t0 + chunk]))
-                 for t0 in range(0, x_BTC.shape[1], chunk)]
+        intermediate, so a long prefill never holds T x S of them. A chunk scores only the keys up to its
+        last query (at least top_k of them, so every chunk has the same J): the later ones are its future."""
+        T, S = causal_TS.shape
+        parts = []
+        for t0 in range(0, x_BTC.shape[1], chunk):
+            t1 = min(T, t0 + chunk)
+            s1 = max(S - T + t1, min(self.top_k, S))
+            parts.append(self.select(self.scores(x_BTC[:, t0:t1], keys_BSE[:, :s1], cos[t0:t1], sin[t0:t1],
+                                                 causal_TS[t0:t1, :s1])))
         return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+
+
+def top_k_stable(scores_BTS: torch.Tensor, J: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``scores.sort(descending=True, stable=True)`` cut to its first J: (B, T, J) positions and whether each
+    score is finite, for O(S) per row instead of a sort's O(S log S). ``topk`` keeps an arbitrary subset
+    of the values tied at the J-th, so rows with such a tie take the earliest tied positions instead; then
+    the J kept positions are put in position order and stably sorted by score, as the full sort orders them."""
+    vals, idx = scores_BTS.topk(J, dim=-1, sorted=False)
+    kth = vals.amin(-1, keepdim=True)
+    tied = (scores_BTS >= kth).sum(-1) > J  # more candidates than slots: topk's pick among the ties is arbitrary
+    if tied.any():
+        rows, row_kth = scores_BTS[tied], kth[tied]
+        above = rows > row_kth
+        at = rows == row_kth
+        keep = above | (at & (at.cumsum(-1) <= J - above.sum(-1, keepdim=True)))
+        idx[tied] = keep.nonzero()[:, 1].view(-1, J)
+    idx = idx.sort(-1).values
+    order = scores_BTS.gather(-1, idx).sort(dim=-1, descending=True, stable=True)
+    return idx.gather(-1, order.indices), order.values > float("-inf")
 
 
 def selection_mask(idx_BTJ: torch.Tensor, valid_BTJ: torch.Tensor, num_keys: int) -> torch.Tensor:
@@ -95,24 +122,28 @@ def gather_attention(q_BHTD: torch.Tensor, k_BSKD: torch.Tensor, v_BSKD: torch.T
     B, H, T, D = q_BHTD.shape
     K = k_BSKD.shape[2]
     G = H // K
-    k_BKSD, v_BKSD = k_BSKD.transpose(1, 2), v_BSKD.transpose(1, 2)
-    rows, heads = torch.arange(B, device=q_BHTD.device)[:, None, None, None], torch.arange(K, device=q_BHTD.device)
+    # Gather whole (K, D) rows of the token axis, the selection being shared by every head; each KV head's
+    # keys are then a strided view that bmm reads in place.
+    rows = torch.arange(B, device=q_BHTD.device)[:, None, None]
     out = []
     for t0 in range(0, T, query_chunk):
         t1 = min(T, t0 + query_chunk)
-        C, idx, valid = t1 - t0, idx_BTJ[:, None, t0:t1], valid_BTJ[:, None, t0:t1, None]
-        at = (rows, heads[None, :, None, None], idx)
-        k_sel, v_sel = k_BKSD[at], v_BKSD[at]  # (B, K, C, J, D): each query's own keys, per KV head
-        q = q_BHTD[:, :, t0:t1].reshape(B, K, G, C, D).transpose(2, 3)  # (B, K, C, G, D)
-        scores = (q @ k_sel.transpose(-1, -2)) * scale  # (B, K, C, G, J)
-        scores = scores.masked_fill(~valid, float("-inf"))
-        if sink_logits is not None:  # the virtual sink slot: a zero value whose score is the sink logit
-            sink = sink_logits.to(scores.dtype).view(1, K, 1, G, 1).expand(*scores.shape[:-1], 1)
-            scores = torch.cat([scores, sink], -1)
-        probs = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), -1).to(q.dtype)
-        if sink_logits is not None:
-            probs = probs[..., :-1]
-        out.append((probs @ v_sel).transpose(2, 3).reshape(B, H, C, D))
+        C, J, idx = t1 - t0, idx_BTJ.shape[-1], idx_BTJ[:, t0:t1]
+        k_sel, v_sel = k_BSKD[rows, idx].view(B * C, J, K, D), v_BSKD[rows, idx].view(B * C, J, K, D)
+        invalid = ~valid_BTJ[:, t0:t1].reshape(B * C, 1, J)
+        heads = []
+        for h in range(K):
+            q = q_BHTD[:, h * G:(h + 1) * G, t0:t1].transpose(1, 2).reshape(B * C, G, D)
+            scores = torch.bmm(q, k_sel[:, :, h].transpose(1, 2)) * scale  # (B * C, G, J)
+            scores = scores.masked_fill(invalid, float("-inf"))
+            if sink_logits is not None:  # the virtual sink slot: a zero value whose score is the sink logit
+                sink = sink_logits[h * G:(h + 1) * G].to(scores.dtype).view(1, G, 1).expand(B * C, G, 1)
+                scores = torch.cat([scores, sink], -1)
+            probs = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), -1).to(q.dtype)
+            if sink_logits is not None:
+                probs = probs[..., :-1]
+            heads.append(torch.bmm(probs, v_sel[:, :, h]).view(B, C, G, D))  # (B, C, G, D)
+        out.append(torch.stack(heads, 2).view(B, C, H, D).transpose(1, 2))
     return torch.cat(out, 2)
 
 
