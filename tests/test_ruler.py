@@ -149,3 +149,27 @@ def test_a_random_guesser_scores_chance(task, samples):
 def test_too_short_a_length_is_one_clear_error(count_tokens):
     with pytest.raises(GatedAttnError, match="vt at length 200: .*use longer lengths"):
         make_sample("vt", 200, 0, count_tokens, ESSAY)
+
+
+def test_training_documents_hold_a_needle_and_end_with_its_answer(tmp_path):
+    import json
+
+    from gatedattn.evaluation.ruler import NEEDLE, training_documents, write_training_corpus
+
+    docs = training_documents("niah_single_1", 30, 8)
+    assert docs == training_documents("niah_single_1", 30, 8) and len(set(docs)) == 30
+    sizes = set()
+    for doc in docs:
+        needle = re.search(r"One of the special magic numbers for (\S+) is: (\d{7})\.", doc)
+        assert needle and doc.count("One of the special magic") == 1
+        key, value = needle.groups()
+        assert doc.endswith(f"The special magic number for {key} mentioned in the provided text is {value}.\n")
+        sizes.add(doc.count("The grass is green."))
+    assert min(sizes) >= 1 and max(sizes) <= 8 and len(sizes) > 3
+    assert NEEDLE.startswith("One of the special magic {type_v} for {key} is: {value}")
+    path = tmp_path / "corpus" / "train.jsonl"
+    write_training_corpus(str(path), "niah_single_1", 5, 8)
+    assert [json.loads(line)["text"] for line in path.read_text().splitlines()] == training_documents(
+        "niah_single_1", 5, 8)
+    with pytest.raises(GatedAttnError, match="niah tasks only"):
+        training_documents("vt", 1, 4)

@@ -27,14 +27,17 @@ here), ``part`` = 1 if it contains any.
 from __future__ import annotations
 
 import functools
+import json
 import re
 import uuid
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from random import Random
 from typing import Callable
 
 from ..errors import GatedAttnError
+from ..fileio import atomic_write_text
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NEEDLE = "One of the special magic {type_v} for {key} is: {value}."
@@ -353,6 +356,28 @@ def make_sample(task: str, length: int, index: int, count_tokens: Callable[[str]
     built, tokens = _fit(build, count_tokens, length - budget, max_n, f"{task} at length {length}")
     return Sample(task, length, index, built.prompt, built.answers, budget, spec.metric, tokens,
                   built.context_span, built.needles)
+
+
+def training_documents(task: str, count: int, max_units: int, essay: str = "", seed: str = "train") -> list[str]:
+    """``count`` documents for training on a needle task: each a prompt of ``task`` with a haystack of 1 to
+    ``max_units`` units (lines or essay words, uniformly) and its answer after the answer prefix, ending the
+    line. Drawn from seeds of their own ("{seed}/i"), not those of the evaluation samples."""
+    spec = TASKS[parse_tasks(task)[0]]
+    if spec.kind != "niah":
+        raise GatedAttnError(f"training documents exist for the niah tasks only, not {task}")
+    docs = []
+    for i in range(count):
+        rng = Random(f"{seed}/{task}/{i}")
+        built = _niah(spec, rng, essay.split())(rng.randint(1, max_units))
+        docs.append(f"{built.prompt} {', '.join(built.answers)}.\n")
+    return docs
+
+
+def write_training_corpus(path: str, task: str, count: int, max_units: int, essay: str = "") -> None:
+    """``training_documents`` as a JSONL corpus (one ``{"text": ...}`` per line) for ``gatedattn train --data``."""
+    docs = training_documents(task, count, max_units, essay)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(path), "".join(json.dumps({"text": d}) + "\n" for d in docs))
 
 
 def _fit(build: Callable[[int], _Built], count_tokens: Callable[[str], int], limit: int, max_n: int | None,
