@@ -9,7 +9,6 @@ the data order; one data bundle (tokenizer and packed data) serves every run wit
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -120,17 +119,14 @@ def plan_sweep(spec: SweepSpec, out: Path) -> tuple[list[RunPlan], list[str]]:
 # train.compile was a boolean when most stored runs were fingerprinted; its default (auto) and off hash as the
 # old false, model as true, so a new default does not retrain every stored sweep.
 LEGACY_COMPILE = {"auto": False, "off": False, "model": True}
-# Settings added after runs were stored: at these values they hash as if absent (what those runs did).
-LATER_DEFAULTS = {("model", "attention", "sparse", "indexer_dtype"): "float32"}
 
 
 def fingerprint(cfg, plan: RunPlan) -> str:
     config = cfg.to_dict()
     config["train"]["compile"] = LEGACY_COMPILE.get(config["train"]["compile"], config["train"]["compile"])
-    for *path, key in LATER_DEFAULTS:
-        parent = functools.reduce(lambda d, k: d.get(k) if isinstance(d, dict) else None, path, config)
-        if isinstance(parent, dict) and parent.get(key) == LATER_DEFAULTS[(*path, key)]:
-            del parent[key]
+    sparse = config["model"]["attention"]["sparse"]
+    if sparse is not None and sparse["indexer_dtype"] == "float32":  # added later: its default hashes as absent
+        del sparse["indexer_dtype"]
     settings = {"config": config, "eval_batches": plan.eval_batches, "analysis": ANALYSIS_SEQUENCES}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
