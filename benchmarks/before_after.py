@@ -20,6 +20,7 @@ import torch
 
 import harness
 from gatedattn import GatedLM, load_config
+from gatedattn.config import parse_overrides
 
 
 def import_baseline(rev: str, into: Path):
@@ -46,6 +47,8 @@ def main(argv=None) -> dict:
     p.add_argument("--what", default="train,decode", help="train and/or decode")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--new-tokens", type=int, default=128, help="tokens generated per decoding call")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override of both versions, e.g. model.attention.sparse.type=dsa or data.seq_len=1024")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,10 +58,12 @@ def main(argv=None) -> dict:
 
 def run(args, base_pkg) -> dict:
     rows, cases, pairs = [], {}, []
+    extra = parse_overrides(args.overrides)
     for gate in args.gates.split(","):
-        cfg = load_config(args.preset, {"model.attention.gate.position": gate})
+        overrides = {**extra, "model.attention.gate.position": gate}
+        cfg = load_config(args.preset, overrides)
         new = GatedLM(cfg.model)
-        old = base_pkg.GatedLM(base_pkg.load_config(args.preset, {"model.attention.gate.position": gate}).model)
+        old = base_pkg.GatedLM(base_pkg.load_config(args.preset, overrides).model)
         old.load_state_dict(new.state_dict())
         ids = torch.randint(0, cfg.model.vocab_size, (args.batch_size, cfg.data.seq_len))
         if "train" in args.what:
@@ -83,10 +88,11 @@ def run(args, base_pkg) -> dict:
         rows.append({"case": key, "before_tok_s": tokens / harness.median(times[before]),
                      "after_tok_s": tokens / harness.median(times[after]),
                      "speedup": harness.median_ratio(times, before, after)})
-    print(f"working tree vs {args.baseline} ({args.preset}, {args.threads} threads, median of {args.rounds} rounds)")
+    print(f"working tree vs {args.baseline} ({args.preset}{''.join(f', {k}={v}' for k, v in extra.items())}, "
+          f"{args.threads} threads, median of {args.rounds} rounds)")
     print(harness.table(rows, [("case", "case", "s"), ("before_tok_s", "before tok/s", ".0f"),
                                ("after_tok_s", "after tok/s", ".0f"), ("speedup", "speed-up", ".2f")]))
-    payload = {"benchmark": "before_after", "baseline": args.baseline, "preset": args.preset,
+    payload = {"benchmark": "before_after", "baseline": args.baseline, "preset": args.preset, "overrides": extra,
                "batch_size": args.batch_size, "new_tokens": args.new_tokens, "rounds": args.rounds,
                "environment": harness.environment(args.threads), "rows": rows}
     harness.write_json(args.out, payload)

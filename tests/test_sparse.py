@@ -8,7 +8,7 @@ from gatedattn import GatedLM, load_config
 from gatedattn.cli.main import main
 from gatedattn.errors import ConfigError
 from gatedattn.modeling.cache import KVCache
-from gatedattn.modeling.sparse import main_attention_distribution, top_k_stable
+from gatedattn.modeling.sparse import indexer_kl, main_attention_distribution, selection_mask, top_k_stable
 
 VOCAB = 257
 
@@ -218,6 +218,46 @@ def test_indexer_kl_is_the_kl_over_the_allowed_keys():
         q = torch.softmax(scores[t, :t + 1], 0)
         expected += float((p[t, :t + 1] * (p[t, :t + 1].log() - q.log())).sum()) / 9
     assert attn.aux["indexer_kl"].item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("implementation", ["mask", "gather"])
+@pytest.mark.parametrize("extra", [{}, {"model.attention.num_kv_heads": 1}])
+def test_sparse_kl_at_the_selected_keys_equals_the_kl_over_the_selection_mask(implementation, extra):
+    """Sparse training scores only the selected keys; against the KL of the full (T x S) indexer scores and
+    main attention restricted to the selection mask: the same value and the same indexer gradients."""
+    model = dsa_model(top_k=4, implementation=implementation, **extra).train()
+    attn = model.layers[0].attn
+    T = 11
+    x = torch.randn(2, T, model.config.d_model, dtype=torch.float64)
+    cos, sin = model.rotary(torch.arange(T), torch.float64)
+    seen = {}
+    for name in ("q", "k"):
+        getattr(attn, f"hook_{name}").register_forward_hook(lambda m, i, o, name=name: seen.setdefault(name, o))
+    attn(x, cos, sin)
+    ours = attn.aux["indexer_kl"]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    scores = attn.indexer.scores(x, attn.indexer.keys(x, cos, sin), cos, sin, causal)
+    allowed = selection_mask(*attn.indexer.select(scores), T)
+    assert not allowed.all()  # top-4 of up to 11 keys: a real selection
+    target = main_attention_distribution(seen["q"].transpose(1, 2).detach(), seen["k"].detach(), attn.scale, allowed)
+    reference = indexer_kl(target, scores, allowed)
+    params = list(attn.indexer.parameters())
+    # Both compute in float32 (the indexer's dtype, the target's softmax), summing in different orders.
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=0)
+    for g, r in zip(torch.autograd.grad(ours, params), torch.autograd.grad(reference, params)):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-7)
+
+
+def test_selected_scores_are_the_scores_at_the_selected_keys():
+    indexer = dsa_model(top_k=5).layers[0].attn.indexer
+    T = 13
+    x = torch.randn(2, T, indexer.q_proj.in_features, dtype=torch.float64)
+    cos, sin = dsa_model().rotary(torch.arange(T), torch.float64)
+    keys = indexer.keys(x, cos, sin)
+    scores = indexer.scores(x, keys, cos, sin, torch.ones(T, T, dtype=torch.bool).tril())
+    idx, valid = indexer.select(scores)
+    torch.testing.assert_close(indexer.selected_scores(x, keys, idx, cos, sin)[valid], scores.gather(-1, idx)[valid],
+                               rtol=1e-5, atol=1e-6)  # float32 indexer (its dtype), other summation order
 
 
 @pytest.mark.parametrize("key, value", [("top_k", 0), ("indexer_heads", 0), ("indexer_dim", 7)])

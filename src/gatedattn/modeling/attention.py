@@ -32,7 +32,8 @@ from .hooks import HookPoint
 from .norm import RMSNorm
 from .ops import project_qkv_gate
 from .rope import apply_rotary
-from .sparse import LightningIndexer, gather_attention, indexer_kl, main_attention_distribution, selection_mask
+from .sparse import (LightningIndexer, gather_attention, indexer_kl, main_attention_distribution,
+                     selected_attention_distribution, selection_mask)
 
 
 def causal_mask(q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
@@ -144,19 +145,26 @@ class Attention(nn.Module):
             keys_BSE = cache.update_index_keys(self.layer_idx, keys_BSE)
         causal_TS = causal_mask(T, S, x_BTC.device)
         dense, gather = self.sparse.mode == "dense", self.sparse.implementation == "gather"
-        if gather and not dense and not self.training:  # inference: never hold T x S indexer scores
-            idx_BTJ, valid_BTJ = self.indexer.select_chunked(x_idx, keys_BSE, cos, sin, causal_TS,
-                                                             self.sparse.query_chunk)
-        else:
-            scores_BTS = self.indexer.scores(x_idx, keys_BSE, cos, sin, causal_TS)
-            idx_BTJ, valid_BTJ = self.indexer.select(scores_BTS)
+        # Only the warm-up's KL differentiates the scores of every key; sparse training's KL recomputes them
+        # at the selected keys (selected_scores, below).
+        with torch.set_grad_enabled(torch.is_grad_enabled() and dense):
+            if gather and not dense:  # never hold T x S indexer scores
+                idx_BTJ, valid_BTJ = self.indexer.select_chunked(x_idx, keys_BSE, cos, sin, causal_TS,
+                                                                 self.sparse.query_chunk)
+            else:
+                scores_BTS = self.indexer.scores(x_idx, keys_BSE, cos, sin, causal_TS)
+                idx_BTJ, valid_BTJ = self.indexer.select(scores_BTS)
         self.hook_selection(idx_BTJ)
         allowed_BTS = None if dense or gather else selection_mask(idx_BTJ, valid_BTJ, S)
-        if self.training:
-            kl_allowed = (causal_TS.expand(x_BTC.shape[0], T, S) if dense else allowed_BTS if allowed_BTS is not None
-                          else selection_mask(idx_BTJ, valid_BTJ, S))
-            target = main_attention_distribution(q_BHTD.detach(), k_BSKD.detach(), self.scale, kl_allowed)
-            self.aux = {"indexer_kl": indexer_kl(target, scores_BTS, kl_allowed)}
+        if self.training and dense:  # the warm-up: KL over every causal key
+            causal_BTS = causal_TS.expand(x_BTC.shape[0], T, S)
+            target = main_attention_distribution(q_BHTD.detach(), k_BSKD.detach(), self.scale, causal_BTS)
+            self.aux = {"indexer_kl": indexer_kl(target, scores_BTS, causal_BTS)}
+        elif self.training:  # sparse: KL over the selected keys, computed at them only
+            target = selected_attention_distribution(q_BHTD.detach(), k_BSKD.detach(), self.scale, idx_BTJ,
+                                                     valid_BTJ)
+            selected = self.indexer.selected_scores(x_idx, keys_BSE, idx_BTJ, cos, sin)
+            self.aux = {"indexer_kl": indexer_kl(target, selected, valid_BTJ)}
         if gather and not dense:
             return gather_attention(q_BHTD, k_BSKD, v_BSKD, idx_BTJ, valid_BTJ, self.scale, self.sink_logits(),
                                     self.sparse.query_chunk)

@@ -52,20 +52,35 @@ class LightningIndexer(nn.Module):
         k = self.k_norm(self.k_proj(x_BTC))
         return self._rotate(k[:, :, None], cos, sin)[:, :, 0].to(self.dtype)
 
+    def _queries(self, x_BTC: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """The rotated indexer queries (B, T, I, E) in the indexer's dtype and the head weights (B, T, I)."""
+        B, T, _ = x_BTC.shape
+        q_BTIE = self._rotate(self.q_proj(x_BTC).view(B, T, self.num_heads, self.dim), cos, sin)
+        return q_BTIE.to(self.dtype), self.weights_proj(x_BTC).float() * self.scale
+
     def scores(self, x_BTC: torch.Tensor, keys_BSE: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                causal_TS: torch.Tensor) -> torch.Tensor:
         """I(t, s) for the T new queries against all S keys, (B, T, S) in float32; -inf where ``causal_TS``
         forbids s (t's future)."""
         B, T, _ = x_BTC.shape
         S = keys_BSE.shape[1]
-        q_BTIE = self._rotate(self.q_proj(x_BTC).view(B, T, self.num_heads, self.dim), cos, sin)
-        w_BTI = self.weights_proj(x_BTC).float() * self.scale
+        q_BTIE, w_BTI = self._queries(x_BTC, cos, sin)
         # Two batched matmuls, ReLU in place between them: no (B, T, I, S) temporaries beyond the one.
-        q = q_BTIE.to(self.dtype).reshape(B, T * self.num_heads, self.dim)
+        q = q_BTIE.reshape(B, T * self.num_heads, self.dim)
         dots = torch.bmm(q, keys_BSE.to(self.dtype).transpose(1, 2)).float().view(B * T, self.num_heads, S)
         dots = dots.relu_() if not torch.is_grad_enabled() else F.relu(dots)
         scores_BTS = torch.bmm(w_BTI.reshape(B * T, 1, self.num_heads), dots).view(B, T, S)
         return scores_BTS.masked_fill(~causal_TS, float("-inf"))
+
+    def selected_scores(self, x_BTC: torch.Tensor, keys_BSE: torch.Tensor, idx_BTJ: torch.Tensor,
+                        cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """I(t, s) at each query's selected positions only, (B, T, J) in float32: what the KL over the
+        selected set needs, with autograd through O(T * J) scores instead of O(T * S)."""
+        q_BTIE, w_BTI = self._queries(x_BTC, cos, sin)
+        rows = torch.arange(x_BTC.shape[0], device=x_BTC.device)[:, None, None]
+        k_BTJE = keys_BSE.to(self.dtype)[rows, idx_BTJ]
+        dots_BTIJ = torch.matmul(q_BTIE, k_BTJE.transpose(-1, -2)).float()
+        return torch.matmul(w_BTI[:, :, None], F.relu(dots_BTIJ))[:, :, 0]
 
     def select(self, scores_BTS: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The top-k key positions of every query, (B, T, J) with J = min(top_k, S), best first, and which of
@@ -160,8 +175,24 @@ def main_attention_distribution(q_BHTD: torch.Tensor, k_BSKD: torch.Tensor, scal
     return p / p.sum(-1, keepdim=True)
 
 
+def selected_attention_distribution(q_BHTD: torch.Tensor, k_BSKD: torch.Tensor, scale: float,
+                                    idx_BTJ: torch.Tensor, valid_BTJ: torch.Tensor) -> torch.Tensor:
+    """``main_attention_distribution`` over each query's selected keys, (B, T, J): the sparse stage's target
+    at O(T * J) per head instead of O(T * S)."""
+    B, H, T, D = q_BHTD.shape
+    K = k_BSKD.shape[2]
+    rows = torch.arange(B, device=q_BHTD.device)[:, None, None]
+    k_BTJKD = k_BSKD.float()[rows, idx_BTJ]
+    q = q_BHTD.float().view(B, K, H // K, T, D)
+    scores = torch.einsum("bkgtd,btjkd->bkgtj", q, k_BTJKD) * scale
+    probs = torch.softmax(scores.masked_fill(~valid_BTJ[:, None, None], float("-inf")), -1)
+    p = probs.sum((1, 2))
+    return p / p.sum(-1, keepdim=True)
+
+
 def indexer_kl(target_BTS: torch.Tensor, scores_BTS: torch.Tensor, allowed_BTS: torch.Tensor) -> torch.Tensor:
-    """Mean over queries of KL(target || softmax(indexer scores)) over the allowed keys; the target is fixed."""
+    """Mean over queries of KL(target || softmax(indexer scores)) over the allowed keys; the target is fixed.
+    The last axis is all S keys (dense warm-up) or the J selected ones (sparse stage)."""
     log_q = torch.log_softmax(scores_BTS.masked_fill(~allowed_BTS, float("-inf")), -1)
     p = target_BTS.detach()
     terms = torch.where(p > 0, p * (torch.log(p.clamp_min(1e-30)) - log_q), torch.zeros_like(p))
