@@ -169,10 +169,7 @@ def main_attention_distribution(q_BHTD: torch.Tensor, k_BSKD: torch.Tensor, scal
     B, H, T, D = q_BHTD.shape
     K = k_BSKD.shape[2]
     q = q_BHTD.float().view(B, K, H // K, T, D)
-    scores = torch.einsum("bkgtd,bskd->bkgts", q, k_BSKD.float()) * scale
-    probs = torch.softmax(scores.masked_fill(~allowed_BTS[:, None, None], float("-inf")), -1)
-    p = probs.sum((1, 2))
-    return p / p.sum(-1, keepdim=True)
+    return _head_summed(torch.einsum("bkgtd,bskd->bkgts", q, k_BSKD.float()) * scale, allowed_BTS)
 
 
 def selected_attention_distribution(q_BHTD: torch.Tensor, k_BSKD: torch.Tensor, scale: float,
@@ -184,8 +181,12 @@ def selected_attention_distribution(q_BHTD: torch.Tensor, k_BSKD: torch.Tensor, 
     rows = torch.arange(B, device=q_BHTD.device)[:, None, None]
     k_BTJKD = k_BSKD.float()[rows, idx_BTJ]
     q = q_BHTD.float().view(B, K, H // K, T, D)
-    scores = torch.einsum("bkgtd,btjkd->bkgtj", q, k_BTJKD) * scale
-    probs = torch.softmax(scores.masked_fill(~valid_BTJ[:, None, None], float("-inf")), -1)
+    return _head_summed(torch.einsum("bkgtd,btjkd->bkgtj", q, k_BTJKD) * scale, valid_BTJ)
+
+
+def _head_summed(scores_BKGTS: torch.Tensor, allowed_BTS: torch.Tensor) -> torch.Tensor:
+    """Each head's softmax over the allowed keys, summed over the heads and renormalised: (B, T, S)."""
+    probs = torch.softmax(scores_BKGTS.masked_fill(~allowed_BTS[:, None, None], float("-inf")), -1)
     p = probs.sum((1, 2))
     return p / p.sum(-1, keepdim=True)
 
