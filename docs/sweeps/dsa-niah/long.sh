@@ -1,10 +1,11 @@
 #!/bin/bash
 # The four corners on niah_single_1 after the long-context recipe, at several seeds. Per seed and corner:
-#   1. pretrain at 256 tokens on niah_single_1 documents (run.sh's settings, train.seed = the seed);
+#   1. pretrain at 256 tokens on niah_single_1 documents (run.sh's settings but 2,000 steps, train.seed =
+#      the seed: at 1,200 steps retrieval emerged in some runs, not others);
 #   2. raise the RoPE base from 10,000 to 1,000,000 and continue at 1,024 tokens on documents with longer
 #      haystacks (200 steps of 4 x 1,024 at lr 1e-3, from stage 1's weights and tokenizer);
 #   3. evaluate: stage 1 at 256, stage 2 at 1,024 and 2,048 (plain) and at 2,048 and 4,096 with YaRN x4.
-# Two runs at a time of one thread each; about 30 minutes per seed on 2 CPU cores. Run from the repository
+# Two runs at a time of one thread each; about 35 minutes per seed on 2 CPU cores. Run from the repository
 # root; SEEDS="0 1 2" by default. Then: python docs/sweeps/dsa-niah/long_table.py $OUT
 set -e
 OUT=${OUT:-runs/dsa-niah-long}
@@ -22,7 +23,7 @@ if [ "$1" = job ]; then  # one seed and corner: bash long.sh job SEED CORNER
   declare -A EXTRA=([none]="" [dsa]="$DSA" [g1]="$G1" [g1-dsa]="$G1 $DSA")
   $GA train compare-quick --out $d/short --data $OUT/short.jsonl --set data.vocab_size=512 \
     --set model.vocab_size=512 --set data.seq_len=256 --set model.max_position_embeddings=256 \
-    --set train.batch_size=16 --set train.max_steps=1200 --set train.lr=3e-3 --set train.warmup_steps=50 \
+    --set train.batch_size=16 --set train.max_steps=2000 --set train.lr=3e-3 --set train.warmup_steps=50 \
     --set train.eval_every=400 --set train.seed=$seed --no-progress ${EXTRA[$v]}
   $GA train $d/short/config.yaml --init-from $d/short --out $d/long --data $OUT/long.jsonl \
     --set data.seq_len=1024 --set model.max_position_embeddings=1024 --set model.rope.theta=1000000 \
@@ -38,6 +39,10 @@ mkdir -p $OUT
 # Stage 1's haystacks of 1-12 noise lines fill about 256 tokens, stage 2's 1-40 about 1,024.
 $PY -c "from gatedattn.evaluation.ruler import write_training_corpus as w
 w('$OUT/short.jsonl', 'niah_single_1', 20000, 12); w('$OUT/long.jsonl', 'niah_single_1', 8000, 40)"
-for s in $SEEDS; do for v in none dsa g1 g1-dsa; do echo "$s $v"; done; done |
+for s in $SEEDS; do for v in dsa g1-dsa none g1; do echo "$s $v"; done; done |
   OMP_NUM_THREADS=1 xargs -P 2 -L 1 bash -c 'bash "$0" job $1 $2 > "$OUT/log-s$1-$2.txt" 2>&1 || echo "failed: seed $1 $2"' "$0"
 $PY docs/sweeps/dsa-niah/long_table.py $OUT
+for s in $SEEDS; do  # does each DSA layer's top-16 hold the needle at the answer queries?
+  $PY docs/sweeps/dsa-niah/needle_selection.py $OUT/s$s/dsa/short $OUT/s$s/g1-dsa/short --lengths 256
+  $PY docs/sweeps/dsa-niah/needle_selection.py $OUT/s$s/dsa/long $OUT/s$s/g1-dsa/long --lengths 1024
+done > $OUT/needle_selection.jsonl
