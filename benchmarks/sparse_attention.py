@@ -12,9 +12,20 @@ Dense attention does O(L) work per token in both; DSA's attention does O(top_k),
 scores all L past tokens (cheaply: 4 heads of 64, one shared key), so the crossover is where the saved
 attention outweighs the indexer. ``bytes_per_token`` is what a decoded token reads from the cache:
 dense 2 x L x K x D float32 values; DSA L x indexer_dim indexer keys (4 or 2 bytes) plus 2 x top_k x K x D.
+
+``--measure memory`` measures memory instead, each case and length in a fresh child process (Linux): the
+peak resident memory a prefill of L tokens adds (peak RSS during the call minus RSS before it), the cache's
+bytes per context token after it (keys, values and DSA's indexer keys), and the peak a decoded token adds.
 """
 
 from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -30,15 +41,9 @@ def layer(cfg, seed: int = 0) -> Attention:
     return Attention(cfg.model, 0).eval()
 
 
-def main(argv=None) -> dict:
-    p = harness.base_parser("sparse_attention", __doc__)
-    p.add_argument("--lengths", default="1024,2048,4096,8192,16384", help="context lengths (comma-separated)")
-    p.add_argument("--top-k", type=int, default=256)
-    p.add_argument("--decode-steps", type=int, default=8, help="decoded tokens timed per call")
-    p.add_argument("--indexer-dtypes", default="float32,bfloat16", help="DSA indexer dtypes (comma-separated)")
-    p.set_defaults(rounds=3, warmup=1)
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+def build(args):
+    """The dense layer and one DSA layer per indexer dtype (same seed: the same indexer weights in every dtype;
+    the dense layer's own weights), with the dense config and the dtypes."""
     base = {"model.d_model": 512, "model.attention.num_heads": 8, "model.attention.num_kv_heads": 2,
             "model.attention.head_dim": 64, "model.max_position_embeddings": 65536}
     dtypes = args.indexer_dtypes.split(",")
@@ -48,9 +53,101 @@ def main(argv=None) -> dict:
     dense_cfg = load_config("tiny", base)
     dense = layer(dense_cfg)
     models = {"dense": dense}
-    for dt in dtypes:  # same seed: the same indexer weights in every dtype; the dense layer's own weights
+    for dt in dtypes:
         models[f"dsa-{dt}"] = layer(load_config("tiny", {**sparse, "model.attention.sparse.indexer_dtype": dt}))
         models[f"dsa-{dt}"].load_state_dict(dense.state_dict(), strict=False)
+    return models, dense_cfg, dtypes
+
+
+def _status_bytes(field: str) -> int:
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
+
+
+def _peak_extra(fn) -> int:
+    """Peak resident bytes ``fn`` adds: the peak RSS is reset (Linux clear_refs 5) just before it."""
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_bytes("VmRSS")
+    fn()
+    return max(_status_bytes("VmHWM") - before, 0)
+
+
+def child(args) -> dict:
+    """One case at one length in this fresh process: prefill's and a decoded token's added peak memory, and
+    the cache's bytes per context token."""
+    models, dense_cfg, _ = build(args)
+    m, L, n = models[args.child], args.length, args.decode_steps
+    x = torch.randn(1, L + n, dense_cfg.model.d_model)
+    cos, sin = RotaryEmbedding(dense_cfg.model)(torch.arange(L + n), torch.float32)
+
+    def decode():
+        for i in range(n):
+            m(x[:, L + i:L + i + 1], cos[L + i:L + i + 1], sin[L + i:L + i + 1], cache)
+        cache.truncate(L)
+
+    # Each measured call follows an unmeasured one: first calls also map the kernels' code pages.
+    with torch.inference_mode():
+        m(x[:, :L], cos[:L], sin[:L])
+        prefill = _peak_extra(lambda: m(x[:, :L], cos[:L], sin[:L]))
+        cache = KVCache(1, capacity=L + n)
+        m(x[:, :L], cos[:L], sin[:L], cache)
+        cached = sum(b.element_size() * b[:, :L].numel() for store in (cache._k, cache._v, cache._index_k)
+                     for b in store if b is not None)
+        decode()
+        decode_peak = _peak_extra(decode)
+    return {"prefill_peak_bytes": prefill, "cache_bytes_per_token": cached / L, "decode_peak_bytes": decode_peak}
+
+
+def memory(args, cases: list[str], dtypes: list[str]) -> dict:
+    rows = []
+    for L in (int(x) for x in args.lengths.split(",")):
+        row = {"length": L}
+        for case in cases:
+            cmd = [sys.executable, __file__, "--child", case, "--length", str(L), "--threads", str(args.threads),
+                   "--top-k", str(args.top_k), "--decode-steps", str(args.decode_steps),
+                   "--indexer-dtypes", args.indexer_dtypes]
+            # A fixed mmap threshold: freed buffers go back to the system, so the warm-up call's do not stay resident.
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+            out = json.loads(proc.stdout.splitlines()[-1])
+            key = case.replace("-", "_")
+            row[f"{key}_prefill_mb"] = out["prefill_peak_bytes"] / 2 ** 20
+            row[f"{key}_cache_bytes_per_token"] = out["cache_bytes_per_token"]
+            row[f"{key}_decode_mb"] = out["decode_peak_bytes"] / 2 ** 20
+        print(f"L={L} done", file=sys.stderr)
+        rows.append(row)
+    columns = [("length", "L", "d")]
+    for what, header, fmt in (("prefill_mb", "prefill MB", ".1f"), ("cache_bytes_per_token", "cache B/tok", ".0f"),
+                              ("decode_mb", "decode MB", ".1f")):
+        columns += [(f"{c.replace('-', '_')}_{what}", f"{c} {header}", fmt) for c in cases]
+    print(f"one attention layer, dense SDPA vs DSA (top-k {args.top_k}, gather path): added peak resident memory "
+          f"of a prefill of L tokens and of {args.decode_steps} decoded tokens, and the cache per context token")
+    print(harness.table(rows, columns))
+    payload = {"benchmark": "sparse_attention_memory", "top_k": args.top_k, "decode_steps": args.decode_steps,
+               "indexer_dtypes": dtypes, "environment": harness.environment(args.threads), "rows": rows}
+    harness.write_json(args.out, payload)
+    return payload
+
+
+def main(argv=None) -> dict:
+    p = harness.base_parser("sparse_attention", __doc__)
+    p.add_argument("--lengths", default="1024,2048,4096,8192,16384", help="context lengths (comma-separated)")
+    p.add_argument("--top-k", type=int, default=256)
+    p.add_argument("--decode-steps", type=int, default=8, help="decoded tokens timed per call")
+    p.add_argument("--indexer-dtypes", default="float32,bfloat16", help="DSA indexer dtypes (comma-separated)")
+    p.add_argument("--measure", choices=["time", "memory"], default="time",
+                   help="time per token (default), or peak memory in child processes")
+    p.add_argument("--child", help=argparse.SUPPRESS)  # memory: the case one child process measures
+    p.add_argument("--length", type=int, help=argparse.SUPPRESS)
+    p.set_defaults(rounds=3, warmup=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(child(args)))
+        return {}
+    models, dense_cfg, dtypes = build(args)
+    if args.measure == "memory":
+        return memory(args, list(models), dtypes)
     rotary = RotaryEmbedding(dense_cfg.model)
     a = dense_cfg.model.attention
     rows = []

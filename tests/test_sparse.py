@@ -81,9 +81,8 @@ def test_chunked_selection_after_a_cache_equals_selection_over_all_keys():
     cos, sin = model.rotary(torch.arange(22), torch.float64)
     keys = idx.keys(x, cos, sin)
     causal = torch.arange(22)[None] <= torch.arange(9, 22)[:, None]
-    new = (x[:, 9:], keys, cos[9:], sin[9:], causal)
-    want = idx.select(idx.scores(*new))
-    got = idx.select_chunked(*new, chunk=5)
+    want = idx.select(idx.scores(x[:, 9:], keys, cos[9:], sin[9:], causal))
+    got = idx.select_chunked(x[:, 9:], keys, cos[9:], sin[9:], chunk=5)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 

@@ -143,15 +143,14 @@ class Attention(nn.Module):
         keys_BSE = self.indexer.keys(x_idx, cos, sin)
         if cache is not None:
             keys_BSE = cache.update_index_keys(self.layer_idx, keys_BSE)
-        causal_TS = causal_mask(T, S, x_BTC.device)
         dense, gather = self.sparse.mode == "dense", self.sparse.implementation == "gather"
         # Only the warm-up's KL differentiates the scores of every key; sparse training's KL recomputes them
         # at the selected keys (selected_scores, below).
         with torch.set_grad_enabled(torch.is_grad_enabled() and dense):
-            if gather and not dense:  # never hold T x S indexer scores
-                idx_BTJ, valid_BTJ = self.indexer.select_chunked(x_idx, keys_BSE, cos, sin, causal_TS,
-                                                                 self.sparse.query_chunk)
+            if gather and not dense:  # never hold T x S indexer scores (or a T x S mask)
+                idx_BTJ, valid_BTJ = self.indexer.select_chunked(x_idx, keys_BSE, cos, sin, self.sparse.query_chunk)
             else:
+                causal_TS = causal_mask(T, S, x_BTC.device)
                 scores_BTS = self.indexer.scores(x_idx, keys_BSE, cos, sin, causal_TS)
                 idx_BTJ, valid_BTJ = self.indexer.select(scores_BTS)
         self.hook_selection(idx_BTJ)

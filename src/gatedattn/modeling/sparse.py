@@ -89,17 +89,19 @@ class LightningIndexer(nn.Module):
         -inf) go to the earlier position, so a cached step selects what a full forward selects."""
         return top_k_stable(scores_BTS, min(self.top_k, scores_BTS.shape[-1]))
 
-    def select_chunked(self, x_BTC, keys_BSE, cos, sin, causal_TS, chunk: int):
-        """``select(scores(...))`` a chunk of queries at a time: the (chunk, S) scores are the largest
-        intermediate, so a long prefill never holds T x S of them. A chunk scores only the keys up to its
-        last query (at least top_k of them, so every chunk has the same J): the later ones are its future."""
-        T, S = causal_TS.shape
+    def select_chunked(self, x_BTC, keys_BSE, cos, sin, chunk: int):
+        """``select(scores(...))`` a chunk of queries at a time, the T queries being the last of the S key
+        positions: the (chunk, S) scores and their causal mask are the largest intermediates, so a long
+        prefill never holds T x S of anything. A chunk scores only the keys up to its last query (at least
+        top_k of them, so every chunk has the same J): the later ones are its future."""
+        T, S = x_BTC.shape[1], keys_BSE.shape[1]
+        positions = torch.arange(S, device=x_BTC.device)
         parts = []
-        for t0 in range(0, x_BTC.shape[1], chunk):
+        for t0 in range(0, T, chunk):
             t1 = min(T, t0 + chunk)
             s1 = max(S - T + t1, min(self.top_k, S))
-            parts.append(self.select(self.scores(x_BTC[:, t0:t1], keys_BSE[:, :s1], cos[t0:t1], sin[t0:t1],
-                                                 causal_TS[t0:t1, :s1])))
+            causal = positions[None, :s1] <= positions[S - T + t0:S - T + t1, None]
+            parts.append(self.select(self.scores(x_BTC[:, t0:t1], keys_BSE[:, :s1], cos[t0:t1], sin[t0:t1], causal)))
         return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
 
 
