@@ -86,6 +86,20 @@ def test_chunked_selection_after_a_cache_equals_selection_over_all_keys():
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
+def test_gather_path_at_inference_builds_no_T_by_S_mask(monkeypatch):
+    """A long prefill must not hold T x S of anything: the gather path's chunks build their own masks."""
+    import gatedattn.modeling.attention as attention
+
+    def refuse(q_len, k_len, device):
+        raise AssertionError(f"a {q_len} x {k_len} causal mask was built")
+
+    gather, mask = dsa_model(implementation="gather"), dsa_model()
+    monkeypatch.setattr(attention, "causal_mask", refuse)
+    gather(ids())
+    with pytest.raises(AssertionError, match="causal mask was built"):
+        mask(ids())
+
+
 def naive_dsa_layer(attn, x, cos, sin):
     """One DSA attention layer (no gate, no sink, K = H / groups) by explicit loops over queries: indexer
     scores by the formula, top-k by sorting, softmax over the selected keys."""
