@@ -5,8 +5,9 @@
 #   2. raise the RoPE base from 10,000 to 1,000,000 and continue at 1,024 tokens on documents with longer
 #      haystacks (200 steps of 4 x 1,024 at lr 1e-3, from stage 1's weights and tokenizer);
 #   3. evaluate: stage 1 at 256, stage 2 at 1,024 and 2,048 (plain) and at 2,048 and 4,096 with YaRN x4.
-# Two runs at a time of one thread each; about 35 minutes per seed on 2 CPU cores. Run from the repository
-# root; SEEDS="0 1 2" by default. Then: python docs/sweeps/dsa-niah/long_table.py $OUT
+# Two runs at a time of one thread each; about 40 minutes per seed on 2 CPU cores. Run from the repository
+# root; SEEDS="0 1 2" by default (docs/sparse.md reports seeds 0 and 1). Ends with the DSA layers' needle selection
+# (needle_selection.py) and the tables (long_table.py).
 set -e
 OUT=${OUT:-runs/dsa-niah-long}
 SEEDS=${SEEDS:-0 1 2}
@@ -41,8 +42,8 @@ $PY -c "from gatedattn.evaluation.ruler import write_training_corpus as w
 w('$OUT/short.jsonl', 'niah_single_1', 20000, 12); w('$OUT/long.jsonl', 'niah_single_1', 8000, 40)"
 for s in $SEEDS; do for v in dsa g1-dsa none g1; do echo "$s $v"; done; done |
   OMP_NUM_THREADS=1 xargs -P 2 -L 1 bash -c 'bash "$0" job $1 $2 > "$OUT/log-s$1-$2.txt" 2>&1 || echo "failed: seed $1 $2"' "$0"
-$PY docs/sweeps/dsa-niah/long_table.py $OUT
 for s in $SEEDS; do  # does each DSA layer's top-16 hold the needle at the answer queries?
   $PY docs/sweeps/dsa-niah/needle_selection.py $OUT/s$s/dsa/short $OUT/s$s/g1-dsa/short --lengths 256
   $PY docs/sweeps/dsa-niah/needle_selection.py $OUT/s$s/dsa/long $OUT/s$s/g1-dsa/long --lengths 1024
 done > $OUT/needle_selection.jsonl
+$PY docs/sweeps/dsa-niah/long_table.py $OUT

@@ -92,7 +92,26 @@ def tables(out: Path) -> str:
         per_seed = [" / ".join(f"{cells[(v, col)][s].in_place:.0f}" if s in cells.get((v, col), {}) else "–"
                                for s in seeds) for col, _, _ in EVALS]
         lines.append(f"| `{v}` | " + " | ".join(losses + per_seed) + " |")
+    lines += _selection_table(out / "needle_selection.jsonl")
     return "\n".join(lines) + "\n"
+
+
+def _selection_table(path: Path) -> list[str]:
+    """needle_selection.py's lines: per DSA corner, stage and seed, each layer's share of answer queries whose
+    top-k holds a value token (and all of the value's tokens)."""
+    if not path.is_file():
+        return []
+    lines = ["", "**DSA layers: answer queries whose top-16 holds a value token** (per layer; in brackets: all of "
+             "the value's tokens)", "", "| corner | stage @ length | seed | per layer |", "|---|---|---|---|"]
+    rows = []
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        seed, corner, stage = Path(r["run"]).parts[-3:]
+        cells = ", ".join(f"{a:.2f} ({b:.2f})" for a, b in zip(r["some_value_token_selected"],
+                                                                r["all_value_tokens_selected"]))
+        rows.append((corner, stage, r["length"], seed, cells))
+    lines += [f"| `{c}` | {st} @ {L:,} | {seed[1:]} | {cells} |" for c, st, L, seed, cells in sorted(rows)]
+    return lines
 
 
 if __name__ == "__main__":
