@@ -72,6 +72,20 @@ def _peak_extra(fn) -> int:
     return max(_status_bytes("VmHWM") - before, 0)
 
 
+def decoder(m, x, cos, sin, L: int, n: int):
+    """A cache holding the first L tokens of x, and a call that decodes the next n one at a time and rewinds
+    the cache, so every call decodes the same tokens."""
+    cache = KVCache(1, capacity=L + n)
+    with torch.inference_mode():
+        m(x[:, :L], cos[:L], sin[:L], cache)
+
+    def run():
+        for i in range(n):
+            m(x[:, L + i:L + i + 1], cos[L + i:L + i + 1], sin[L + i:L + i + 1], cache)
+        cache.truncate(L)
+    return cache, run
+
+
 def child(args) -> dict:
     """One case at one length in this fresh process: prefill's and a decoded token's added peak memory, and
     the cache's bytes per context token."""
@@ -79,18 +93,11 @@ def child(args) -> dict:
     m, L, n = models[args.child], args.length, args.decode_steps
     x = torch.randn(1, L + n, dense_cfg.model.d_model)
     cos, sin = RotaryEmbedding(dense_cfg.model)(torch.arange(L + n), torch.float32)
-
-    def decode():
-        for i in range(n):
-            m(x[:, L + i:L + i + 1], cos[L + i:L + i + 1], sin[L + i:L + i + 1], cache)
-        cache.truncate(L)
-
     # Each measured call follows an unmeasured one: first calls also map the kernels' code pages.
     with torch.inference_mode():
         m(x[:, :L], cos[:L], sin[:L])
         prefill = _peak_extra(lambda: m(x[:, :L], cos[:L], sin[:L]))
-        cache = KVCache(1, capacity=L + n)
-        m(x[:, :L], cos[:L], sin[:L], cache)
+        cache, decode = decoder(m, x, cos, sin, L, n)
         cached = sum(b.element_size() * b[:, :L].numel() for store in (cache._k, cache._v, cache._index_k)
                      for b in store if b is not None)
         decode()
@@ -160,15 +167,7 @@ def main(argv=None) -> dict:
             return lambda: m(x[:, :L], cos[:L], sin[:L])
 
         def decode(m):
-            cache = KVCache(1, capacity=L + n)
-            with torch.inference_mode():
-                m(x[:, :L], cos[:L], sin[:L], cache)
-
-            def run():
-                for i in range(n):  # the cache is rewound after each call, so every call decodes the same tokens
-                    m(x[:, L + i:L + i + 1], cos[L + i:L + i + 1], sin[L + i:L + i + 1], cache)
-                cache.truncate(L)
-            return run
+            return decoder(m, x, cos, sin, L, n)[1]
 
         cases = {f"{name} {phase}": (prefill if phase == "prefill" else decode)(m)
                  for phase in ("prefill", "decode") for name, m in models.items()}
